@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs exactly the Debian packages the build, tests and benchmarks need.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+pkgs=(
+  build-essential cmake pkg-config git
+  fuse3 libfuse3-dev
+  libcurl4-openssl-dev libssl-dev
+  libcpp-httplib-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
