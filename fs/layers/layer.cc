@@ -1,0 +1,159 @@
+// Passthrough layer over a local directory: file handles, the handle cache and
+// path resolution beneath the root. Errors keep the syscall's errno.
+#include "fs/layers/layer.h"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <vector>
+
+namespace antares::fs {
+
+namespace {
+Error sys_error(const char* what, const std::string& path) {
+  int e = errno ? errno : EIO;
+  return Error::from_errno(e, std::string(what) + " " + path + ": " + std::strerror(e));
+}
+}  // namespace
+
+std::string join_path(const std::string& dir, const std::string& name) {
+  return dir.empty() ? name : dir + "/" + name;
+}
+
+Result<struct statx> statx_at(int dirfd, const std::string& name) {
+  struct statx stx;
+  int flags = AT_SYMLINK_NOFOLLOW | (name.empty() ? AT_EMPTY_PATH : 0);
+  if (::statx(dirfd, name.c_str(), flags, STATX_BASIC_STATS | STATX_BTIME, &stx) != 0)
+    return sys_error("statx", name);
+  return stx;
+}
+
+Identity identity_of(const struct statx& stx) {
+  Identity id;
+  id.ino = stx.stx_ino;
+  if (stx.stx_mask & STATX_BTIME) {
+    id.btime_sec = stx.stx_btime.tv_sec;
+    id.btime_nsec = stx.stx_btime.tv_nsec;
+  }
+  return id;
+}
+
+Result<std::shared_ptr<const FileHandle>> FileHandle::of(int dirfd, const std::string& name) {
+  std::vector<char> buf(sizeof(struct file_handle) + MAX_HANDLE_SZ);
+  auto* fh = reinterpret_cast<struct file_handle*>(buf.data());
+  fh->handle_bytes = MAX_HANDLE_SZ;
+  int mount_id = 0;
+  int flags = name.empty() ? AT_EMPTY_PATH : 0;
+  if (::name_to_handle_at(dirfd, name.c_str(), fh, &mount_id, flags) != 0)
+    return sys_error("name_to_handle_at", name);
+  auto h = std::make_shared<FileHandle>();
+  h->bytes_.assign(buf.data(), sizeof(struct file_handle) + fh->handle_bytes);
+  return std::shared_ptr<const FileHandle>(std::move(h));
+}
+
+Result<UniqueFd> FileHandle::open(int mount_fd, int flags) const {
+  // open_by_handle_at does not modify the handle; the cast is for its signature.
+  auto* fh = reinterpret_cast<struct file_handle*>(const_cast<char*>(bytes_.data()));
+  int fd = ::open_by_handle_at(mount_fd, fh, flags | O_CLOEXEC);
+  if (fd < 0) return sys_error("open_by_handle_at", "");
+  return UniqueFd(fd);
+}
+
+std::shared_ptr<const FileHandle> HandleCache::get(const Identity& id) {
+  std::lock_guard lk(mu_);
+  auto it = map_.find(id);
+  if (it == map_.end()) {
+    stats_.misses++;
+    return nullptr;
+  }
+  stats_.hits++;
+  return it->second;
+}
+
+void HandleCache::put(const Identity& id, std::shared_ptr<const FileHandle> h) {
+  std::lock_guard lk(mu_);
+  if (map_.size() >= capacity_) {
+    stats_.dropped += map_.size();
+    map_.clear();
+  }
+  map_[id] = std::move(h);
+}
+
+void HandleCache::erase(const Identity& id) {
+  std::lock_guard lk(mu_);
+  stats_.dropped += map_.erase(id);
+}
+
+size_t HandleCache::size() const {
+  std::lock_guard lk(mu_);
+  return map_.size();
+}
+
+Layer::Layer(std::string name, std::string root, bool writable, UniqueFd root_fd, LayerHooks* hooks)
+    : name_(std::move(name)), root_(std::move(root)), writable_(writable), root_fd_(std::move(root_fd)),
+      hooks_(hooks ? hooks : &default_hooks_) {}
+
+Result<std::unique_ptr<Layer>> Layer::open(std::string name, const std::string& root, bool writable,
+                                           LayerHooks* hooks) {
+  // O_RDONLY, not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
+  int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return sys_error(("open layer " + name).c_str(), root);
+  UniqueFd rfd(fd);
+  // Fail at mount time, not on the first request, if handles are unsupported here.
+  auto h = FileHandle::of(rfd.get(), "");
+  if (!h.ok())
+    return Error::from_errno(h.err(), "layer " + name + " at " + root +
+                                          " does not support file handles: " + h.error().message);
+  return std::unique_ptr<Layer>(new Layer(std::move(name), root, writable, std::move(rfd), hooks));
+}
+
+Result<LayerRef> Layer::resolve_at(int dirfd, const std::string& dir_rel, const std::string& name) {
+  auto stx = statx_at(dirfd, name);
+  if (!stx.ok()) return stx.error();
+  LayerRef ref;
+  ref.path = name.empty() ? dir_rel : join_path(dir_rel, name);
+  ref.id = identity_of(*stx);
+  ref.type = stx->stx_mode & S_IFMT;
+  ref.handle = cache_.get(ref.id);
+  if (!ref.handle) {
+    auto h = FileHandle::of(dirfd, name);
+    if (!h.ok()) return h.error();
+    ref.handle = *h;
+    cache_.put(ref.id, ref.handle);
+  }
+  return ref;
+}
+
+Result<LayerRef> Layer::resolve(const std::string& rel) {
+  if (rel.empty()) return resolve_at(root_fd_.get(), "", "");
+  auto fd = open_path(rel, O_PATH);
+  if (!fd.ok()) return fd.error();
+  auto ref = resolve_at(fd->get(), "", "");
+  if (ref.ok()) ref->path = rel;
+  return ref;
+}
+
+Result<UniqueFd> Layer::open_handle(const LayerRef& ref, int flags) {
+  auto fd = ref.handle->open(root_fd_.get(), flags);
+  if (!fd.ok()) return Error::from_errno(fd.err(), "open_by_handle_at " + name_ + ":/" + ref.path);
+  return fd;
+}
+
+Result<UniqueFd> Layer::open_path(const std::string& rel, int flags) {
+  struct open_how how;
+  std::memset(&how, 0, sizeof how);
+  how.flags = uint64_t(flags | O_NOFOLLOW | O_CLOEXEC);
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  const char* p = rel.empty() ? "." : rel.c_str();
+  int fd;
+  do {
+    fd = int(::syscall(SYS_openat2, root_fd_.get(), p, &how, sizeof how));
+  } while (fd < 0 && errno == EAGAIN);
+  if (fd < 0) return sys_error(("openat2 " + name_ + ":").c_str(), "/" + rel);
+  return UniqueFd(fd);
+}
+
+}  // namespace antares::fs

@@ -1,0 +1,176 @@
+// UnionFs: the merged view of the layers (upper, CL, lower), addressed by node
+// id the way the FUSE low-level API is. It owns the node table, the per-path
+// stable inode numbers, the directory children caches, copy-up and whiteouts.
+// It knows nothing of FUSE: the adapter in fs/fuse turns its Results into
+// replies, and every handle use goes through the current HandleStrategy.
+//
+// Upstream fidelity (strategy none): a directory's children are loaded once
+// and later lookups are answered from that cache with the same node id; the
+// child's cached handle is re-opened for every getattr/open, so a replaced
+// backing object gives ESTALE until the kernel forgets the node. Only the
+// probe that loads a directory treats ESTALE as "not in this layer".
+//
+// Locking: mu_ guards the node table, every node's refs and children, and the
+// path->ino map. It is held across local syscalls on layer directories but
+// never across LayerHooks (network) nor while replying. Lock order:
+// UnionFs::mu_ -> HandleCache::mu_ (leaf).
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "fs/layers/layer.h"
+#include "fs/layers/strategy.h"
+#include "fs/lower/layer_change.h"
+
+namespace antares::fs {
+
+enum class NodeId : uint64_t {};
+inline constexpr NodeId kRootNode{1};  // FUSE_ROOT_ID; 0 is never handed out
+inline uint64_t raw(NodeId n) { return static_cast<uint64_t>(n); }
+
+struct Entry {
+  NodeId node{0};
+  struct stat attr {};
+};
+
+struct DirEntry {
+  std::string name;
+  uint64_t ino = 0;
+  mode_t type = 0;  // S_IFMT bits
+};
+
+// The caller of a creating operation: new objects are owned by it.
+struct Caller {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  mode_t umask = 0;
+};
+
+// The operations the union counts ESTALE for, by layer.
+enum class Op { lookup, getattr, setattr, open, opendir, readdir, access, xattr, readlink, modify, kCount };
+const char* op_name(Op op);
+
+struct UnionStats {
+  static constexpr int kMaxLayers = 3;
+  std::atomic<uint64_t> estale[kMaxLayers][int(Op::kCount)]{};
+  std::atomic<uint64_t> copy_ups{0}, whiteouts{0}, dir_loads{0}, dir_reloads{0}, renewed_nodes{0};
+  std::atomic<uint64_t> nodes{0};
+};
+
+// A kernel cache entry to drop, queued by strategy B (see Invalidator).
+struct KernelInvalidation {
+  enum class Kind { inode, entry } kind = Kind::inode;
+  NodeId node{0};  // inode: the node; entry: the parent
+  std::string name;
+};
+
+class UnionFs {
+ public:
+  // layers: top to bottom; layers[0] is the writable upper layer.
+  UnionFs(std::vector<std::unique_ptr<Layer>> layers, StrategySlot& strategy);
+  ~UnionFs();
+  UnionFs(const UnionFs&) = delete;
+  UnionFs& operator=(const UnionFs&) = delete;
+
+  // Resolves the layers' roots; must succeed before any other call.
+  Status init();
+
+  Result<Entry> lookup(NodeId parent, const std::string& name);
+  void forget(NodeId node, uint64_t nlookup);
+  Result<struct stat> getattr(NodeId node);
+  // to_set: FUSE_SET_ATTR_* bits. fd: an open fd of the node, if the kernel gave one.
+  Result<struct stat> setattr(NodeId node, const struct stat& attr, int to_set, int fd);
+  Result<std::string> readlink(NodeId node);
+  Status access(NodeId node, int mask);
+
+  Result<Entry> mknod(NodeId parent, const std::string& name, mode_t mode, dev_t rdev, const Caller& c);
+  Result<Entry> mkdir(NodeId parent, const std::string& name, mode_t mode, const Caller& c);
+  Result<Entry> symlink(NodeId parent, const std::string& name, const std::string& target, const Caller& c);
+  Result<Entry> link(NodeId node, NodeId new_parent, const std::string& new_name);
+  Status unlink(NodeId parent, const std::string& name);
+  Status rmdir(NodeId parent, const std::string& name);
+  // flags: 0, RENAME_NOREPLACE or RENAME_EXCHANGE.
+  Status rename(NodeId parent, const std::string& name, NodeId new_parent, const std::string& new_name,
+                unsigned flags);
+
+  // Opens the node's current top object; write access copies it up first.
+  Result<UniqueFd> open(NodeId node, int flags);
+  Result<std::pair<Entry, UniqueFd>> create(NodeId parent, const std::string& name, mode_t mode, int flags,
+                                            const Caller& c);
+  // The merged listing ("." and ".." first), for one opendir.
+  Result<std::vector<DirEntry>> opendir(NodeId node);
+  Result<struct statvfs> statfs();
+
+  Result<std::string> getxattr(NodeId node, const std::string& name);
+  Result<std::string> listxattr(NodeId node);  // NUL-separated names
+  Status setxattr(NodeId node, const std::string& name, const std::string& value, int flags);
+  Status removexattr(NodeId node, const std::string& name);
+
+  // Strategy B: a layer's owner changed these paths in layer `layer`. Drops
+  // affected handles and cached children now, and returns what the kernel
+  // must be told (the caller sends it from a thread holding no lock).
+  std::vector<KernelInvalidation> on_layer_change(size_t layer, const std::vector<LayerChange>& changes);
+  // Switching strategy: forget every cached handle and loaded directory so a
+  // fix heals nodes that already went stale under none.
+  void drop_caches();
+
+  // Called (under the union lock; must be quick and take only leaf locks)
+  // each time an upper-layer directory is read, so a watcher can follow it.
+  void set_upper_dir_observer(std::function<void(const std::string&)> f) { upper_dir_observer_ = std::move(f); }
+
+  const UnionStats& stats() const { return stats_; }
+  size_t layer_count() const { return layers_.size(); }
+  Layer& layer(size_t i) { return *layers_[i]; }
+  size_t node_count() const;
+
+ private:
+  struct Node;
+  using NodePtr = std::shared_ptr<Node>;
+  struct Locked;
+
+  NodePtr find(NodeId id) const;  // requires mu_
+  NodePtr new_node(const std::string& path, bool is_dir);
+  uint64_t ino_for(const std::string& path);
+  Result<NodePtr> child_locked(const NodePtr& parent, const std::string& name, Op op);
+  Status load_children(const NodePtr& dir, Op op);
+  bool children_stale(const NodePtr& dir);
+  Result<UniqueFd> open_ref(const NodePtr& n, size_t layer, int flags, Op op);
+  Result<struct stat> stat_locked(const NodePtr& n, Op op);
+  Result<Entry> entry_for(const NodePtr& n, Op op);
+  void run_dir_hooks(NodeId node);
+  Status copy_up(const NodePtr& n);
+  Result<UniqueFd> upper_dir(const NodePtr& dir);  // copies the dir chain up as needed
+  Result<bool> lower_has(const NodePtr& parent, const std::string& name);
+  Status whiteout(const NodePtr& parent, const std::string& name);
+  Status clear_upper_name(int upper_dir_fd, const std::string& name, bool* was_whiteout);
+  Result<Entry> finish_create(const NodePtr& parent, const std::string& name, int upper_dir_fd, const Caller& c,
+                              bool opaque);
+  void set_path(const NodePtr& n, const std::string& path);
+  void log_estale(const NodePtr& n, size_t layer, Op op, const std::string& path);
+
+  std::vector<std::unique_ptr<Layer>> layers_;
+  StrategySlot& strategy_;
+  mutable std::mutex mu_;
+  std::unordered_map<uint64_t, NodePtr> nodes_;           // guarded by mu_: nodes the kernel knows
+  std::unordered_map<std::string, uint64_t> path_ino_;    // guarded by mu_
+  uint64_t next_node_ = 2;                                // guarded by mu_
+  uint64_t next_ino_ = 2;                                 // guarded by mu_
+  NodePtr root_;
+  UnionStats stats_;
+  std::function<void(const std::string&)> upper_dir_observer_;
+};
+
+}  // namespace antares::fs
