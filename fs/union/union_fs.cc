@@ -129,6 +129,7 @@ struct UnionFs::Node {
   std::vector<std::optional<struct statx_timestamp>> stamps;  // layer dirs' mtime at load
   std::vector<uint64_t> stamp_ino;
   uint64_t nlookup = 0;
+  Identity announced;  // the top object's identity when the kernel last got this node
 
   int top() const {
     for (size_t i = 0; i < refs.size(); ++i)
@@ -301,8 +302,9 @@ Status UnionFs::load_children(const NodePtr& dir, Op op) {
         // Upstream keeps the cached child whatever happened behind it; the
         // fixes give a replaced object a new node id so the kernel drops what
         // it cached for the old one.
-        bool same = top == int(i) && prev->is_dir == is_dir && prev->refs[size_t(top)]->id == ref->id;
-        if (same || !strategy_.get().revalidates()) node = prev;
+        bool same = top == int(i) && prev->is_dir == is_dir && prev->announced == ref->id;
+        const HandleStrategy& s = strategy_.get();
+        if (same || !(s.revalidates() || s.invalidates())) node = prev;
       }
       if (node) {
         for (auto& r : node->refs) r.reset();  // lower layers re-join below as they are read
@@ -371,6 +373,7 @@ Result<struct stat> UnionFs::stat_locked(const NodePtr& n, Op op) {
 Result<Entry> UnionFs::entry_for(const NodePtr& n, Op op) {
   auto st = stat_locked(n, op);
   if (!st.ok()) return st.error();
+  if (int top = n->top(); top >= 0) n->announced = n->refs[size_t(top)]->id;
   if (n->nlookup++ == 0) nodes_[raw(n->id)] = n;
   stats_.nodes = nodes_.size();
   return Entry{n->id, *st};

@@ -1,0 +1,308 @@
+// UnionFs over three local directories (no FUSE, no network): the union rules,
+// copy-up, whiteouts, the handle cache, and what each strategy does when a
+// backing file is replaced behind the union.
+#include "fs/union/union_fs.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "testing/subprocess.h"
+
+namespace antares::fs {
+namespace {
+
+void write_file(const std::string& path, const std::string& data) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream(path, std::ios::binary) << data;
+}
+
+// Replaces a file the way upstream's rebuilds do: a new inode renamed over.
+void replace_file(const std::string& path, const std::string& data) {
+  write_file(path + ".new", data);
+  ASSERT_EQ(::rename((path + ".new").c_str(), path.c_str()), 0);
+}
+
+std::string read_fd(int fd) {
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::pread(fd, buf, sizeof buf, off_t(out.size()))) > 0) out.append(buf, size_t(n));
+  return out;
+}
+
+class UnionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (auto d : {"upper", "cl", "lower"}) std::filesystem::create_directories(tmp_ / d);
+    write_file(tmp_ / "lower/a/BUCK", "lower buck");
+    write_file(tmp_ / "lower/a/src.c", "lower src");
+    write_file(tmp_ / "lower/a/gone.c", "deleted by the CL");
+    write_file(tmp_ / "lower/b/x", "x");
+    write_file(tmp_ / "cl/a/BUCK", "cl buck");
+    write_file(tmp_ / "cl/a/new.c", "cl new");
+    ASSERT_EQ(::mknod((tmp_ / "cl/a/gone.c").c_str(), S_IFCHR | 0, makedev(0, 0)), 0);
+  }
+
+  void mount(const char* strategy) {
+    std::vector<std::unique_ptr<Layer>> layers;
+    layers.push_back(std::move(*Layer::open("upper", tmp_ / "upper", true)));
+    layers.push_back(std::move(*Layer::open("cl", tmp_ / "cl", false)));
+    layers.push_back(std::move(*Layer::open("lower", tmp_ / "lower", false)));
+    slot_ = std::make_unique<StrategySlot>(set_.find(strategy));
+    fs_ = std::make_unique<UnionFs>(std::move(layers), *slot_);
+    ASSERT_TRUE(fs_->init().ok());
+  }
+
+  NodeId lookup(NodeId parent, const std::string& name) {
+    auto e = fs_->lookup(parent, name);
+    EXPECT_TRUE(e.ok()) << name << ": " << (e.ok() ? "" : e.error().describe());
+    return e.ok() ? e->node : NodeId{0};
+  }
+
+  std::string read(NodeId n) {
+    auto fd = fs_->open(n, O_RDONLY);
+    EXPECT_TRUE(fd.ok()) << (fd.ok() ? "" : fd.error().describe());
+    return fd.ok() ? read_fd(fd->get()) : "";
+  }
+
+  std::vector<std::string> names(NodeId dir) {
+    std::vector<std::string> out;
+    auto entries = fs_->opendir(dir);
+    EXPECT_TRUE(entries.ok());
+    if (entries.ok())
+      for (auto& e : *entries) out.push_back(e.name);
+    return out;
+  }
+
+  testing::TempDir tmp_;
+  StrategySet set_;
+  std::unique_ptr<StrategySlot> slot_;
+  std::unique_ptr<UnionFs> fs_;
+};
+
+TEST_F(UnionTest, UpperWinsAndWhiteoutsHideAndReaddirMerges) {
+  mount("none");
+  write_file(tmp_ / "upper/a/src.c", "upper src");
+  NodeId a = lookup(kRootNode, "a");
+  EXPECT_EQ(read(lookup(a, "BUCK")), "cl buck");
+  EXPECT_EQ(read(lookup(a, "src.c")), "upper src");
+  EXPECT_EQ(fs_->lookup(a, "gone.c").err(), ENOENT);
+  EXPECT_EQ(names(a), (std::vector<std::string>{".", "..", "BUCK", "new.c", "src.c"}));
+  EXPECT_EQ(names(kRootNode), (std::vector<std::string>{".", "..", "a", "b"}));
+  auto st = fs_->getattr(a);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->st_nlink, 2u);  // loaded, no subdirectories
+  auto root = fs_->getattr(kRootNode);
+  EXPECT_EQ(root->st_nlink, 4u);
+}
+
+TEST_F(UnionTest, InodeNumbersAreStablePerPathAndNodeZeroIsNeverUsed) {
+  mount("none");
+  NodeId a = lookup(kRootNode, "a");
+  NodeId buck = lookup(a, "BUCK");
+  EXPECT_NE(raw(buck), 0u);
+  auto ino = fs_->getattr(buck)->st_ino;
+  fs_->forget(buck, 1);
+  EXPECT_EQ(fs_->getattr(lookup(a, "BUCK"))->st_ino, ino);
+  EXPECT_NE(fs_->getattr(lookup(a, "src.c"))->st_ino, ino);
+}
+
+TEST_F(UnionTest, WriteCopiesUpContentModeAndXattrs) {
+  ASSERT_EQ(::chmod((tmp_ / "lower/a/src.c").c_str(), 0640), 0);
+  ASSERT_EQ(::setxattr((tmp_ / "lower/a/src.c").c_str(), "user.k", "v", 1, 0), 0);
+  mount("none");
+  NodeId src = lookup(lookup(kRootNode, "a"), "src.c");
+  auto fd = fs_->open(src, O_WRONLY | O_APPEND);
+  ASSERT_TRUE(fd.ok()) << fd.error().describe();
+  ASSERT_EQ(::write(fd->get(), "+", 1), 1);
+  EXPECT_EQ(testing::read_file(tmp_ / "upper/a/src.c"), "lower src+");
+  EXPECT_EQ(testing::read_file(tmp_ / "lower/a/src.c"), "lower src");
+  struct stat st;
+  ASSERT_EQ(::stat((tmp_ / "upper/a/src.c").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  char v[4] = {};
+  EXPECT_EQ(::getxattr((tmp_ / "upper/a/src.c").c_str(), "user.k", v, sizeof v), 1);
+  EXPECT_EQ(fs_->stats().copy_ups.load(), 2u);  // the directory a, then the file
+  EXPECT_EQ(read(src), "lower src+");
+}
+
+TEST_F(UnionTest, SetattrCopiesUp) {
+  mount("none");
+  NodeId x = lookup(lookup(kRootNode, "b"), "x");
+  struct stat attr {};
+  attr.st_mode = 0600;
+  attr.st_size = 0;
+  auto st = fs_->setattr(x, attr, 1 /*mode*/ | 8 /*size*/, -1);
+  ASSERT_TRUE(st.ok()) << st.error().describe();
+  EXPECT_EQ(st->st_mode & 07777, 0600u);
+  EXPECT_EQ(st->st_size, 0);
+  EXPECT_EQ(testing::read_file(tmp_ / "lower/b/x"), "x");
+}
+
+TEST_F(UnionTest, UnlinkOfALowerFileLeavesAWhiteout) {
+  mount("none");
+  NodeId b = lookup(kRootNode, "b");
+  ASSERT_TRUE(fs_->unlink(b, "x").ok());
+  struct stat st;
+  ASSERT_EQ(::lstat((tmp_ / "upper/b/x").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_EQ(st.st_rdev, makedev(0, 0));
+  EXPECT_EQ(fs_->lookup(b, "x").err(), ENOENT);
+  EXPECT_EQ(names(b), (std::vector<std::string>{".", ".."}));
+  // The directory is now empty in the merged view: rmdir removes it and whiteouts it too.
+  ASSERT_TRUE(fs_->rmdir(kRootNode, "b").ok());
+  EXPECT_EQ(fs_->lookup(kRootNode, "b").err(), ENOENT);
+  // mkdir over the whiteout gives an opaque directory: lower's b stays hidden.
+  Caller me{0, 0, 022};
+  auto nb = fs_->mkdir(kRootNode, "b", 0755, me);
+  ASSERT_TRUE(nb.ok()) << nb.error().describe();
+  EXPECT_EQ(names(nb->node), (std::vector<std::string>{".", ".."}));
+}
+
+TEST_F(UnionTest, RmdirOfANonEmptyMergedDirectoryFails) {
+  mount("none");
+  EXPECT_EQ(fs_->rmdir(kRootNode, "a").err(), ENOTEMPTY);
+}
+
+TEST_F(UnionTest, CreateRenameAcrossLayersAndExchange) {
+  mount("none");
+  Caller me{0, 0, 022};
+  NodeId a = lookup(kRootNode, "a");
+  auto created = fs_->create(a, "made.txt", 0644, O_WRONLY, me);
+  ASSERT_TRUE(created.ok()) << created.error().describe();
+  ASSERT_EQ(::write(created->second.get(), "made", 4), 4);
+  // A lower file renamed: copied up, old name whited out.
+  ASSERT_TRUE(fs_->rename(a, "src.c", kRootNode, "moved.c", 0).ok());
+  EXPECT_EQ(read(lookup(kRootNode, "moved.c")), "lower src");
+  EXPECT_EQ(fs_->lookup(a, "src.c").err(), ENOENT);
+  EXPECT_EQ(fs_->rename(a, "made.txt", kRootNode, "moved.c", RENAME_NOREPLACE).err(), EEXIST);
+  ASSERT_TRUE(fs_->rename(a, "made.txt", kRootNode, "moved.c", RENAME_EXCHANGE).ok());
+  EXPECT_EQ(read(lookup(kRootNode, "moved.c")), "made");
+  EXPECT_EQ(read(lookup(a, "made.txt")), "lower src");
+  // A directory that lives in a read-only layer cannot be renamed (as overlayfs).
+  EXPECT_EQ(fs_->rename(kRootNode, "b", kRootNode, "b2", 0).err(), EXDEV);
+}
+
+TEST_F(UnionTest, HostileNamesAreRefused) {
+  mount("none");
+  EXPECT_EQ(fs_->lookup(kRootNode, std::string(300, 'n')).err(), ENAMETOOLONG);
+}
+
+TEST_F(UnionTest, NoneGivesEstaleAgainAndAgainAfterABackingFileIsReplaced) {
+  mount("none");
+  NodeId a = lookup(kRootNode, "a");
+  NodeId buck = lookup(a, "BUCK");
+  EXPECT_EQ(read(buck), "cl buck");
+  replace_file(tmp_ / "cl/a/BUCK", "cl buck v2");
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(fs_->getattr(buck).err(), ESTALE);
+    EXPECT_EQ(fs_->open(buck, O_RDONLY).err(), ESTALE);
+    // The kernel's LOOKUP_REVAL retry gets the same node from the cache: still stale.
+    auto again = fs_->lookup(a, "BUCK");
+    EXPECT_EQ(again.err(), ESTALE);
+  }
+  EXPECT_GE(fs_->stats().estale[1][int(Op::getattr)].load(), 3u);
+}
+
+TEST_F(UnionTest, RecoverStrategyReResolvesAndGivesANewNodeOnLookup) {
+  mount("A");
+  NodeId a = lookup(kRootNode, "a");
+  NodeId buck = lookup(a, "BUCK");
+  replace_file(tmp_ / "cl/a/BUCK", "cl buck v2");
+  EXPECT_EQ(read(buck), "cl buck v2");  // the old node recovers in place
+  EXPECT_EQ(set_.stats().recovered.load(), 1u);
+  auto e = fs_->lookup(a, "BUCK");
+  ASSERT_TRUE(e.ok());
+  EXPECT_NE(raw(e->node), raw(buck));  // the kernel drops what it cached for the old object
+  EXPECT_EQ(read(e->node), "cl buck v2");
+  // A file deleted behind the union is ENOENT, not ESTALE.
+  ASSERT_EQ(::unlink((tmp_ / "lower/a/src.c").c_str()), 0);
+  NodeId src = lookup(a, "new.c");
+  ASSERT_EQ(::unlink((tmp_ / "cl/a/new.c").c_str()), 0);
+  EXPECT_EQ(fs_->getattr(src).err(), ENOENT);
+  EXPECT_EQ(fs_->lookup(a, "src.c").err(), ENOENT);
+}
+
+TEST_F(UnionTest, PathStrategyAlwaysOpensTheCurrentFile) {
+  mount("C");
+  NodeId buck = lookup(lookup(kRootNode, "a"), "BUCK");
+  for (int v = 2; v < 5; ++v) {
+    std::string content = "cl buck v" + std::to_string(v);
+    replace_file(tmp_ / "cl/a/BUCK", content);
+    EXPECT_EQ(read(buck), content);
+    EXPECT_TRUE(fs_->getattr(buck).ok());
+  }
+}
+
+TEST_F(UnionTest, InvalidationDropsHandlesAndChildrenAndNamesWhatTheKernelMustForget) {
+  mount("B");
+  NodeId a = lookup(kRootNode, "a");
+  NodeId buck = lookup(a, "BUCK");
+  replace_file(tmp_ / "cl/a/BUCK", "cl buck v2");
+  write_file(tmp_ / "cl/a/added.c", "added");
+  auto inv = fs_->on_layer_change(1, {{LayerChange::Kind::replaced, "a/BUCK"}, {LayerChange::Kind::added, "a/added.c"}});
+  bool entry = false, inode = false;
+  for (auto& i : inv) {
+    entry |= i.kind == KernelInvalidation::Kind::entry && i.node == a && i.name == "BUCK";
+    inode |= i.kind == KernelInvalidation::Kind::inode && i.node == buck;
+  }
+  EXPECT_TRUE(entry);
+  EXPECT_TRUE(inode);
+  EXPECT_EQ(read(buck), "cl buck v2");  // an open fd's node follows the new object
+  auto e = fs_->lookup(a, "BUCK");
+  ASSERT_TRUE(e.ok());
+  EXPECT_NE(raw(e->node), raw(buck));
+  EXPECT_TRUE(fs_->lookup(a, "added.c").ok());
+}
+
+TEST_F(UnionTest, SwitchingFromNoneHealsStaleNodes) {
+  mount("none");
+  NodeId buck = lookup(lookup(kRootNode, "a"), "BUCK");
+  replace_file(tmp_ / "cl/a/BUCK", "v2");
+  EXPECT_EQ(fs_->getattr(buck).err(), ESTALE);
+  slot_->set(set_.find("B"));
+  fs_->drop_caches();
+  EXPECT_TRUE(fs_->getattr(buck).ok());
+  EXPECT_EQ(read(buck), "v2");
+}
+
+TEST(HandleCacheTest, HitsMissesAndBound) {
+  HandleCache c(2);
+  testing::TempDir d;
+  int fd = ::open(d.path().c_str(), O_RDONLY | O_DIRECTORY);
+  auto h = FileHandle::of(fd, "");
+  ASSERT_TRUE(h.ok());
+  Identity i1{1, 2, 3}, i2{4, 5, 6}, i3{7, 8, 9};
+  EXPECT_EQ(c.get(i1), nullptr);
+  c.put(i1, *h);
+  EXPECT_EQ(c.get(i1), *h);
+  c.put(i2, *h);
+  c.put(i3, *h);  // over capacity: cleared, then inserted
+  EXPECT_EQ(c.size(), 1u);
+  EXPECT_EQ(c.stats().hits.load(), 1u);
+  EXPECT_EQ(c.stats().misses.load(), 1u);
+  auto opened = (*h)->open(fd, O_RDONLY | O_DIRECTORY);
+  EXPECT_TRUE(opened.ok());
+  ::close(fd);
+}
+
+TEST(StrategySetTest, NamesAreCaseInsensitiveAndUnknownIsNull) {
+  StrategySet s;
+  EXPECT_EQ(s.find("none")->name(), "none");
+  EXPECT_EQ(s.find("a")->name(), "A");
+  EXPECT_EQ(s.find("AUTO")->name(), "auto");
+  EXPECT_EQ(s.find("D"), nullptr);
+  EXPECT_FALSE(s.find("none")->revalidates());
+  EXPECT_TRUE(s.find("auto")->invalidates());
+}
+
+}  // namespace
+}  // namespace antares::fs
