@@ -1,0 +1,92 @@
+// ClBuilder: builds and re-syncs the CL layer's backing directory from a
+// changelist's file list (GET /api/v1/cl/{cl}/files-list): new and modified
+// files are written with their blob's bytes, deleted files become whiteouts
+// (character device 0/0). A re-sync replaces changed files the way upstream
+// does (temp file + rename over the old name), which is one of the real
+// triggers of ESTALE in the passthrough layer above it; the LayerChange
+// events it emits let the filesystem drop the handles it invalidated.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "common/oid.h"
+#include "common/result.h"
+#include "fs/lower/layer_change.h"
+#include "fs/remote/mega_client.h"
+
+namespace antares::fs {
+
+struct ClBuilderStats {
+  std::atomic<uint64_t> builds{0};         // successful build() calls
+  std::atomic<uint64_t> resyncs{0};        // resync() calls that changed the directory
+  std::atomic<uint64_t> files_written{0};  // files and whiteouts created or replaced
+  std::atomic<uint64_t> dropped_paths{0};  // hostile or duplicate paths skipped
+};
+
+class ClBuilder {
+ public:
+  // cl_dir: an existing directory this builder owns; build() wipes its contents.
+  ClBuilder(remote::MegaClient& mega, std::string cl_id, std::string cl_dir);
+
+  // Fetches the list and every blob it needs, then wipes cl_dir's contents and
+  // writes the layer (dirs 0755, files 0644, whiteouts for deletions). On an
+  // HTTP failure (ETIMEDOUT, ENOENT for an unknown CL, else EIO) nothing on
+  // disk has changed yet. A rebuild of a built directory emits `removed` for
+  // every old top-level name and `added` for every new one.
+  Status build();
+
+  // Fetches the list again: false if it equals the last one. Otherwise applies
+  // the difference by replacement (temp + rename: changed files get new inodes,
+  // unchanged ones keep theirs), removes entries that left the list (leaving
+  // their directories), emits added/replaced/removed events and returns true.
+  // Before any successful build() it builds and returns true. HTTP failures
+  // are returned and leave the directory as it was.
+  Result<bool> resync();
+
+  // See LayerChangeListener; called with no lock of the builder held.
+  void set_listener(LayerChangeListener listener);
+
+  const ClBuilderStats& stats() const { return stats_; }
+  const std::string& cl_dir() const { return cl_dir_; }
+
+ private:
+  struct Want {  // desired state of one path
+    remote::ClAction action = remote::ClAction::modified;
+    std::optional<Oid> sha;  // files only
+    bool whiteout() const { return action == remote::ClAction::deleted; }
+    bool same_list_entry(const Want& o) const { return action == o.action && sha == o.sha; }
+    bool same_on_disk(const Want& o) const {
+      return whiteout() == o.whiteout() && (whiteout() || sha == o.sha);
+    }
+  };
+  using List = std::map<std::string, Want>;  // rel path ("a/b") -> state
+
+  Result<List> fetch_list();
+  Result<std::map<Oid, std::string>> fetch_blobs(const List& list, const List* old);
+  // Writes one entry; replace: via temp + rename. On success *created_dir is
+  // the topmost parent directory this made ("" if none).
+  Status write_entry(int root_fd, const std::string& path, const Want& want,
+                     const std::map<Oid, std::string>& blobs, bool replace, std::string* created_dir);
+  Status build_locked(std::vector<LayerChange>& events);
+  void emit(const std::vector<LayerChange>& events);
+
+  remote::MegaClient& mega_;
+  const std::string cl_id_;
+  const std::string cl_dir_;
+  ClBuilderStats stats_;
+
+  // Lock order: mu_ before listener_mu_. mu_ serializes build/resync and is
+  // held across their HTTP calls (only callers of this builder wait on it);
+  // listener_mu_ guards only listener_ and is never held while calling it.
+  std::mutex mu_;
+  std::optional<List> last_;  // guarded by mu_; what is on disk, nullopt before a build
+  std::mutex listener_mu_;
+  LayerChangeListener listener_;  // guarded by listener_mu_
+};
+
+}  // namespace antares::fs

@@ -1,0 +1,88 @@
+// Internal helpers of fs/lower: the only code that touches the local backing
+// directories (the lower mirror and the CL directory). Every operation is an
+// *at() syscall beneath a directory fd, walked one validated component at a
+// time with O_NOFOLLOW, so neither a hostile name from the server nor a
+// symlink planted in the directory can make us write outside it. Errors keep
+// the raw errno of the syscall that failed.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/result.h"
+
+namespace antares::fs::mirror {
+
+// Owns one file descriptor; non-copyable.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() { reset(); }
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  void reset();
+
+ private:
+  int fd_ = -1;
+};
+
+// Temp files are created under this prefix and renamed into place; readers of
+// the directories (readdir of the filesystem) must hide such names.
+inline constexpr std::string_view kTempPrefix = ".antares-tmp-";
+inline bool is_temp_name(std::string_view name) { return name.starts_with(kTempPrefix); }
+
+// nullptr if `name` is usable as one path component, else why not:
+// empty, ".", "..", '/', NUL, longer than 255 bytes, or our temp prefix.
+const char* bad_name_reason(std::string_view name);
+// For log lines: printable ASCII kept, '\\' and everything else as \xNN.
+std::string escape(std::string_view s);
+
+// "a/b/c" -> {"a","b","c"}; "" -> {}. EINVAL if any component is bad.
+Result<std::vector<std::string>> split_rel(std::string_view rel);
+inline std::string join_rel(const std::string& dir, std::string_view name) {
+  return dir.empty() ? std::string(name) : dir + "/" + std::string(name);
+}
+
+// Error from the current errno: "<what> <path>: <strerror>".
+Error errno_error(const char* what, std::string_view path);
+
+// Opens directory `rel` beneath root_fd as O_PATH|O_DIRECTORY, one component at
+// a time without following symlinks. With create, missing components are
+// made 0755 and *first_created (if given) is set to the rel path of the
+// topmost directory made ("" if none).
+Result<Fd> open_dir(int root_fd, std::string_view rel, bool create = false,
+                    std::string* first_created = nullptr);
+
+// Removes `name` in dirfd, recursively if it is a directory, never following
+// symlinks. A missing name is success.
+Status remove_tree(int dirfd, const std::string& name);
+// Removes every child of the directory dirfd (which may be O_PATH).
+Status clear_dir(int dirfd);
+// The names in directory dirfd (without "." and "..").
+Result<std::vector<std::string>> list_dir(int dirfd);
+
+// A fresh, uniquely named temp file (O_WRONLY, mode applied exactly) in dirfd.
+Result<std::pair<Fd, std::string>> create_temp_file(int dirfd, mode_t mode);
+// A fresh, uniquely named whiteout (char device 0/0, mode 0000) in dirfd.
+Result<std::string> create_temp_whiteout(int dirfd);
+// Writes all of data at offset 0 and truncates the file to its length.
+Status write_whole(int fd, std::string_view data, std::string_view path);
+// renameat(dirfd, from, dirfd, to); on failure the temp `from` is unlinked.
+Status rename_into_place(int dirfd, const std::string& from, const std::string& to, std::string_view path);
+
+}  // namespace antares::fs::mirror
