@@ -89,6 +89,10 @@ class LayerHooks {
   virtual Status before_dir(const std::string& /*rel*/) { return {}; }
   // Before a regular file is opened for reading: e.g. fetch its content.
   virtual Status before_open(const std::string& /*rel*/) { return {}; }
+  // After an open for reading: false if what was opened may be a placeholder
+  // whose content is still being fetched (a refresh replaced the file between
+  // before_open and the open); the union then retries.
+  virtual bool content_ready(const std::string& /*rel*/) { return true; }
   // Names the owner keeps in the directory for itself (temporary files).
   virtual bool hidden(std::string_view /*name*/) const { return false; }
 };

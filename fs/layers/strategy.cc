@@ -72,7 +72,15 @@ class PathStrategy final : public HandleStrategy {
  public:
   std::string_view name() const override { return "C"; }
   Result<UniqueFd> open(Layer& layer, LayerRef& ref, int flags) const override {
-    return layer.open_path(ref.path, flags);
+    auto fd = layer.open_path(ref.path, flags);
+    // Keep the ref's identity current: the union compares it with what the
+    // kernel was told, to renew node ids and bypass stale kernel caches.
+    if (fd.ok())
+      if (auto stx = statx_at(fd->get(), ""); stx.ok()) {
+        ref.id = identity_of(*stx);
+        ref.type = stx->stx_mode & S_IFMT;
+      }
+    return fd;
   }
   bool revalidates() const override { return true; }
   bool invalidates() const override { return false; }

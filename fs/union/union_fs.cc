@@ -130,6 +130,8 @@ struct UnionFs::Node {
   std::vector<uint64_t> stamp_ino;
   uint64_t nlookup = 0;
   Identity announced;  // the top object's identity when the kernel last got this node
+  Identity opened;     // the object the kernel's cached pages came from
+  Identity attr_id;    // the object whose attributes the kernel was last given
 
   int top() const {
     for (size_t i = 0; i < refs.size(); ++i)
@@ -200,8 +202,10 @@ void UnionFs::log_estale(const NodePtr& n, size_t layer, Op op, const std::strin
 
 Result<UniqueFd> UnionFs::open_ref(const NodePtr& n, size_t layer, int flags, Op op) {
   if (layer >= n->refs.size() || !n->refs[layer]) return Error::from_errno(ENOENT, "no such layer object");
+  const Identity before = n->refs[layer]->id;
   auto fd = strategy_.get().open(*layers_[layer], *n->refs[layer], flags);
   if (fd.err() == ESTALE) log_estale(n, layer, op, n->path);
+  if (n->refs[layer] && !(n->refs[layer]->id == before) && identity_observer_) identity_observer_(n->id);
   return fd;
 }
 
@@ -356,6 +360,7 @@ Result<struct stat> UnionFs::stat_locked(const NodePtr& n, Op op) {
   if (!stx.ok()) return stx.error();
   struct stat st = to_stat(*stx);
   st.st_ino = n->ino;
+  n->attr_id = n->refs[size_t(top)]->id;
   if (n->is_dir && n->loaded) {
     nlink_t links = 2;
     for (auto& [name, c] : n->children) links += c->is_dir;
@@ -438,6 +443,7 @@ Result<UniqueFd> UnionFs::upper_dir(const NodePtr& dir) {
     auto st = copy_up(dir);
     if (!st.ok()) return st.error();
   }
+  if (upper_dir_observer_) upper_dir_observer_(dir->refs[0]->path);
   return open_ref(dir, 0, O_PATH | O_DIRECTORY, Op::modify);
 }
 
@@ -585,6 +591,7 @@ Result<Entry> UnionFs::finish_create(const NodePtr& parent, const std::string& n
   node->type = ref->type;
   node->refs[0] = std::move(*ref);
   node->opaque = opaque;
+  if (is_dir && upper_dir_observer_) upper_dir_observer_(node->path);
   parent->children[name] = node;
   return entry_for(node, Op::modify);
 }
@@ -815,7 +822,7 @@ Status UnionFs::rename(NodeId parent, const std::string& name, NodeId new_parent
 
 // --- data ----------------------------------------------------------------
 
-Result<UniqueFd> UnionFs::open(NodeId node, int flags) {
+Result<UniqueFd> UnionFs::open(NodeId node, int flags, bool* changed) {
   const int acc = flags & O_ACCMODE;
   const bool write = acc != O_RDONLY || (flags & O_TRUNC);
   flags &= ~(O_CREAT | O_EXCL | O_NOCTTY);
@@ -830,19 +837,36 @@ Result<UniqueFd> UnionFs::open(NodeId node, int flags) {
     if (top < 0) return Error::from_errno(ENOENT, n->path);
     if (write) {
       if (auto st = copy_up(n); !st.ok()) return st.error();
-      return open_ref(n, 0, flags, Op::open);
+      auto fd = open_ref(n, 0, flags, Op::open);
+      if (fd.ok()) note_open(n, 0, changed);
+      return fd;
     }
     hook_layer = size_t(top);
     hook_path = n->refs[size_t(top)]->path;
   }
-  // Fetching content may take a network round trip: no lock held.
-  if (auto st = layers_[hook_layer]->hooks().before_open(hook_path); !st.ok()) return st.error();
-  std::lock_guard lk(mu_);
-  auto n = find(node);
-  if (!n) return Error::from_errno(ESTALE, "unknown node");
-  int top = n->top();
-  if (top < 0) return Error::from_errno(ENOENT, n->path);
-  return open_ref(n, size_t(top), flags, Op::open);
+  // Fetching content may take a network round trip: no lock held. A refresh
+  // may replace the file between the fetch and the open; then fetch again.
+  LayerHooks& hooks = layers_[hook_layer]->hooks();
+  for (int attempt = 0;; ++attempt) {
+    if (auto st = hooks.before_open(hook_path); !st.ok()) return st.error();
+    std::lock_guard lk(mu_);
+    auto n = find(node);
+    if (!n) return Error::from_errno(ESTALE, "unknown node");
+    int top = n->top();
+    if (top < 0) return Error::from_errno(ENOENT, n->path);
+    auto fd = open_ref(n, size_t(top), flags, Op::open);
+    if (!fd.ok()) return fd;
+    if (size_t(top) == hook_layer && !hooks.content_ready(hook_path) && attempt < 3) continue;
+    note_open(n, size_t(top), changed);
+    return fd;
+  }
+}
+
+void UnionFs::note_open(const NodePtr& n, size_t layer, bool* changed) {
+  const Identity now = n->refs[layer]->id;
+  // The kernel's pages or its cached size may belong to another object.
+  if (changed) *changed = !(n->attr_id == now) || (!(n->opened == now) && !(n->opened == Identity{}));
+  n->opened = now;
 }
 
 Result<std::vector<DirEntry>> UnionFs::opendir(NodeId node) {
@@ -988,14 +1012,15 @@ std::vector<KernelInvalidation> UnionFs::on_layer_change(size_t layer, const std
       size_t slash = parent_path.find('/', pos);
       std::string comp = parent_path.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
       pos = slash == std::string::npos ? parent_path.size() : slash + 1;
+      // Children created through the mount are cached even before a load.
       auto it = dir->children.find(comp);
-      if (!dir->loaded || it == dir->children.end()) {
+      if (it == dir->children.end()) {
         found = false;
         break;
       }
       dir = it->second;
     }
-    if (!found) continue;  // never loaded: nothing cached, nothing to tell
+    if (!found) continue;  // nothing cached on that path, nothing to tell
     dir->loaded = false;   // re-read the names on the next lookup
     out.push_back({KernelInvalidation::Kind::entry, dir->id, name});
     auto it = dir->children.find(name);

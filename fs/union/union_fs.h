@@ -107,7 +107,10 @@ class UnionFs {
                 unsigned flags);
 
   // Opens the node's current top object; write access copies it up first.
-  Result<UniqueFd> open(NodeId node, int flags);
+  // *changed (optional) is set when the object differs from the one whose
+  // pages or attributes (size) the kernel holds for this node: the adapter then
+  // opens it with direct I/O so no cached page or size can cut the read.
+  Result<UniqueFd> open(NodeId node, int flags, bool* changed = nullptr);
   Result<std::pair<Entry, UniqueFd>> create(NodeId parent, const std::string& name, mode_t mode, int flags,
                                             const Caller& c);
   // The merged listing ("." and ".." first), for one opendir.
@@ -130,6 +133,11 @@ class UnionFs {
   // Called (under the union lock; must be quick and take only leaf locks)
   // each time an upper-layer directory is read, so a watcher can follow it.
   void set_upper_dir_observer(std::function<void(const std::string&)> f) { upper_dir_observer_ = std::move(f); }
+
+  // Called (under the union lock; must only queue work) when a handle use
+  // found a different object behind a node (a recovery), so the kernel can be
+  // told to drop its pages and attributes for that node.
+  void set_identity_observer(std::function<void(NodeId)> f) { identity_observer_ = std::move(f); }
 
   const UnionStats& stats() const { return stats_; }
   size_t layer_count() const { return layers_.size(); }
@@ -159,6 +167,7 @@ class UnionFs {
   Result<Entry> finish_create(const NodePtr& parent, const std::string& name, int upper_dir_fd, const Caller& c,
                               bool opaque);
   void set_path(const NodePtr& n, const std::string& path);
+  void note_open(const NodePtr& n, size_t layer, bool* changed);
   void log_estale(const NodePtr& n, size_t layer, Op op, const std::string& path);
 
   std::vector<std::unique_ptr<Layer>> layers_;
@@ -171,6 +180,7 @@ class UnionFs {
   NodePtr root_;
   UnionStats stats_;
   std::function<void(const std::string&)> upper_dir_observer_;
+  std::function<void(NodeId)> identity_observer_;
 };
 
 }  // namespace antares::fs

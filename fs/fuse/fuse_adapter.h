@@ -1,0 +1,93 @@
+// The FUSE low-level adapter: one callback per operation that calls UnionFs
+// and replies exactly once. Errors become replies here and only here; every
+// reply is counted by operation and errno for /metrics. Kernel invalidations
+// (strategy B) are sent by the Invalidator's own thread, never from inside a
+// request handler, as fuse_lowlevel_notify_inval_entry requires.
+#pragma once
+
+#define FUSE_USE_VERSION 312
+#include <fuse3/fuse_lowlevel.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fs/union/union_fs.h"
+
+namespace antares::fs {
+
+// The FUSE operations the adapter serves, for metrics.
+enum class FuseOp {
+  lookup, forget, getattr, setattr, readlink, mknod, mkdir, unlink, rmdir, symlink, rename, link, open, read,
+  write, flush, release, fsync, opendir, readdir, releasedir, fsyncdir, statfs, setxattr, getxattr, listxattr,
+  removexattr, access, create, kCount
+};
+const char* fuse_op_name(FuseOp op);
+
+struct ReplyStats {
+  static constexpr int kMaxErrno = 134;
+  std::atomic<uint64_t> replies[int(FuseOp::kCount)][kMaxErrno]{};  // [op][errno], errno 0 = ok
+};
+
+struct KernelTimeouts {
+  std::atomic<double> entry{1.0}, attr{1.0};
+  std::atomic<bool> keep_cache{false};  // page cache survives open (only when invalidations are sent)
+};
+
+// Sends queued kernel invalidations from its own thread.
+class Invalidator {
+ public:
+  Invalidator() = default;
+  ~Invalidator() { stop(); }
+  void start(fuse_session* se);
+  void stop();
+  void push(std::vector<KernelInvalidation> items);
+  uint64_t sent() const { return sent_.load(); }
+  uint64_t failed() const { return failed_.load(); }
+  // Blocks until everything queued before the call was sent (bounded by timeout).
+  bool drain(std::chrono::milliseconds timeout);
+
+ private:
+  void run();
+  fuse_session* se_ = nullptr;
+  std::mutex mu_;  // leaf
+  std::condition_variable cv_;
+  std::deque<KernelInvalidation> queue_;  // guarded by mu_
+  uint64_t pushed_ = 0, done_ = 0;        // guarded by mu_
+  bool stopping_ = false;                 // guarded by mu_
+  std::thread thread_;
+  std::atomic<uint64_t> sent_{0}, failed_{0};
+};
+
+class FuseAdapter {
+ public:
+  FuseAdapter(UnionFs& fs, KernelTimeouts& timeouts) : fs_(fs), timeouts_(timeouts) {}
+  static const fuse_lowlevel_ops& ops();
+  UnionFs& fs() { return fs_; }
+  KernelTimeouts& timeouts() { return timeouts_; }
+  ReplyStats& stats() { return stats_; }
+
+  // Reply helpers: the single place an Error becomes a FUSE reply.
+  void reply_error(fuse_req_t req, FuseOp op, const Error& e);
+  void count(FuseOp op, int err);
+  void fill_entry(const Entry& e, fuse_entry_param* out) const;
+  // Runs at the start of path and handle operations (strategy B drains the
+  // upper watcher here). Set before the session starts.
+  void set_before_request(std::function<void()> f) { before_request_ = std::move(f); }
+  void before_request() const {
+    if (before_request_) before_request_();
+  }
+
+ private:
+  UnionFs& fs_;
+  KernelTimeouts& timeouts_;
+  ReplyStats stats_;
+  std::function<void()> before_request_;
+};
+
+}  // namespace antares::fs
