@@ -7,7 +7,7 @@ pkgs=(
   fuse3 libfuse3-dev
   libcurl4-openssl-dev libssl-dev
   libcpp-httplib-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  curl chromium libgtest-dev libgmock-dev libbenchmark-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do

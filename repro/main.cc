@@ -1,0 +1,370 @@
+// estale-repro: reproduces antares-fs's ESTALE failure and checks its fixes.
+// Starts its own mock-mega and antares-fs (or attaches to given ones), walks
+// the mount like `buck2 targets //...`, judges every read against mock-mega's
+// history, and reports per strategy. See docs/repro.md.
+#include <getopt.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "common/duration.h"
+#include "repro/report.h"
+#include "repro/scenarios.h"
+#include "repro/walker.h"
+
+namespace {
+
+using namespace antares::repro;
+using nlohmann::json;
+
+constexpr const char* kUsage = R"(usage: estale-repro [options] COMMAND [ARGS]
+
+Reproduces the ESTALE failure of the antares union FUSE filesystem and checks
+its fixes. By default starts a private mock-mega (port 0) and antares-fs
+(private mountpoint) per run, and always unmounts and stops them.
+
+Commands:
+  scenario NAME|all   scripted scenarios, one per trigger: lower-refresh,
+                      cl-resync, upper-replaced, dir-replaced, delete-readd
+                      (--strategy default none, --repeat default 1)
+  soak                the walker loops while mock-mega mutates on a schedule
+                      (--strategy default all, --duration default 30s)
+  matrix              every strategy x every scenario (--repeat, default 3),
+                      plus a soak per strategy (--soak, default 20s; 0 skips)
+  switch              reproduce under none, switch to auto with antares-ctl
+                      mid-walk, check that errors stop without a remount
+  walk                one buck2-style walk of the mount with the oracle;
+                      with --root DIR, of a plain directory (no FUSE, no oracle)
+
+Options:
+  --strategy S|all      none, A, B, C, auto, or all (comma lists work too)
+  --repeat N            repetitions per scenario
+  --duration DUR        soak / switch length (e.g. 30s)
+  --soak DUR            matrix: soak length per strategy (0: none)
+  --ttl DUR             antares-fs --ttl (default 300ms)
+  --entry-timeout SEC   antares-fs --entry-timeout (default 1)
+  --attr-timeout SEC    antares-fs --attr-timeout (default 1)
+  --slack DUR           added to ttl + timeouts for the staleness window (default 1s)
+  --hold DUR            fixes: keep probing this long after fresh content (default 300ms)
+  --seed S              mock-mega seed (default 42); same seed, same outcomes
+  --files N             repository size (default 400)
+  --cls N               open changelists (default 3)
+  --mutate-every DUR    soak: mutation period (default 500ms)
+  --mutate-count K      soak: mutations per period (default 2)
+  --cl ID               soak/walk: mount changelist ID too
+  --threads N           walker threads (default 16)
+  --dirs-in-flight N    concurrent directory listings (default 64)
+  --source-share X      share of sources lstat'ed and read (default 0.2)
+  --fs-threads N        antares-fs --threads
+  --fs-log-level L      antares-fs --log-level (default info)
+  --mega URL            attach to this mock-mega instead of starting one
+  --mountpoint M        attach to this mounted antares-fs (needs --mega)
+  --upper DIR           with --mountpoint: its --upper directory
+  --run-dir DIR         with --mountpoint: its --run-dir
+  --root DIR            walk: a plain directory tree
+  --bin-dir DIR         where mock-mega, antares-fs, antares-ctl are
+                        (default $ANTARES_BIN_DIR, else this binary's directory)
+  --json FILE           write every figure and event as JSON
+  --html FILE           write a self-contained HTML report with SVG charts
+  --keep                keep the private directories (logs, caches)
+  -h, --help            this text
+
+Exit status: 0 when every outcome is the expected one (none reproduces ESTALE;
+A, B, C and auto show no ESTALE and no stale read beyond the window), 1 when
+one is not, 2 for a bad command line, 3 if nothing could run, 130 if
+interrupted.
+)";
+
+[[noreturn]] void usage_error(const std::string& msg) {
+  fprintf(stderr, "estale-repro: %s\nTry 'estale-repro --help'.\n", msg.c_str());
+  exit(2);
+}
+
+int64_t duration_ms(const char* flag, const char* text) {
+  auto d = antares::parse_duration(text);
+  if (!d) usage_error(std::string("invalid duration for ") + flag + ": '" + text + "' (e.g. 300ms, 5s)");
+  return d->count();
+}
+
+uint64_t number(const char* flag, const char* text, uint64_t max) {
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long v = strtoull(text, &end, 10);
+  if (errno || !end || *end || text[0] == '-' || !text[0] || v > max)
+    usage_error(std::string("invalid value for ") + flag + ": '" + text + "'");
+  return v;
+}
+
+double real_number(const char* flag, const char* text, double max) {
+  char* end = nullptr;
+  double v = strtod(text, &end);
+  if (!end || *end || !text[0] || !(v >= 0) || v > max)
+    usage_error(std::string("invalid value for ") + flag + ": '" + text + "'");
+  return v;
+}
+
+std::vector<std::string> expand(const std::string& spec, const std::vector<std::string>& all, const char* what) {
+  if (spec == "all") return all;
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (pos <= spec.size()) {
+    size_t c = spec.find(',', pos);
+    std::string item = spec.substr(pos, c == std::string::npos ? std::string::npos : c - pos);
+    if (std::find(all.begin(), all.end(), item) == all.end()) usage_error(std::string("unknown ") + what + " '" + item + "'");
+    out.push_back(item);
+    if (c == std::string::npos) break;
+    pos = c + 1;
+  }
+  return out;
+}
+
+std::string describe_run(const RunRecord& r) {
+  std::string s = "[" + r.strategy + "] " + r.scenario + (r.mode == "scenario" ? " #" + std::to_string(r.rep) : "") + ": ";
+  if (r.setup_failed) return s + "COULD NOT RUN: " + r.note;
+  if (r.mode == "scenario") {
+    s += r.reproduced ? std::string("ESTALE reproduced") + (r.persistent ? " (persistent)" : "") : "no ESTALE";
+    s += r.converged ? ", fresh content read" : ", no fresh read";
+  } else {
+    s += std::to_string(r.stats.estale) + " ESTALE";
+  }
+  char b[256];
+  snprintf(b, sizeof b, ", stale<=win %llu, stale>win %llu, wrong %llu, other errors %llu, %llu ops, %.2fs",
+           static_cast<unsigned long long>(r.stats.stale_within), static_cast<unsigned long long>(r.stats.stale_beyond),
+           static_cast<unsigned long long>(r.stats.wrong),
+           static_cast<unsigned long long>(r.stats.enoent_exists + r.stats.other_errors),
+           static_cast<unsigned long long>(r.stats.ops), (r.end_us - r.start_us) / 1e6);
+  s += b;
+  if (!r.target.empty()) s += ", target " + r.target;
+  if (!r.note.empty() && r.mode != "scenario") s += " (" + r.note + ")";
+  s += failure_of(r) ? "  <- UNEXPECTED" : "";
+  return s;
+}
+
+int local_walk(const Settings& s, const std::string& root) {
+  Recorder rec;
+  WalkOptions w;
+  w.root = root;
+  w.threads = s.threads;
+  w.dirs_in_flight = s.dirs_in_flight;
+  w.source_share = s.source_share;
+  w.seed = s.seed;
+  w.write_buck_out = false;
+  w.stop = &stop_requested();
+  auto sum = walk(w, &rec);
+  auto events = rec.take();
+  uint64_t errors = 0;
+  for (const auto& e : events) errors += e.err != 0;
+  printf("walked %s: %llu dirs, %llu packages, %llu PACKAGE, %llu buildfiles, %llu .bzl, %llu sources, "
+         "%zu operations, %llu errors, %.3fs\n",
+         root.c_str(), static_cast<unsigned long long>(sum.dirs), static_cast<unsigned long long>(sum.packages),
+         static_cast<unsigned long long>(sum.package_files), static_cast<unsigned long long>(sum.buildfiles),
+         static_cast<unsigned long long>(sum.bzl), static_cast<unsigned long long>(sum.sources), events.size(),
+         static_cast<unsigned long long>(errors), (sum.end_us - sum.start_us) / 1e6);
+  return errors ? 1 : 0;
+}
+
+int real_main(int argc, char** argv) {
+  Settings s;
+  std::string strategy_spec, json_path, html_path, root;
+  int repeat = -1;
+  int64_t duration = -1, soak_ms = 20000;
+  enum {
+    kStrategy = 1000, kRepeat, kDuration, kSoak, kTtl, kEntry, kAttr, kSlack, kHold, kSeed, kFiles, kCls, kEvery,
+    kCount, kCl, kThreads, kDirs, kShare, kFsThreads, kFsLog, kMega, kMount, kUpper, kRunDir, kRoot, kBin, kJson,
+    kHtml, kKeep
+  };
+  static const option kOpts[] = {
+      {"strategy", required_argument, nullptr, kStrategy}, {"repeat", required_argument, nullptr, kRepeat},
+      {"duration", required_argument, nullptr, kDuration}, {"soak", required_argument, nullptr, kSoak},
+      {"ttl", required_argument, nullptr, kTtl},           {"entry-timeout", required_argument, nullptr, kEntry},
+      {"attr-timeout", required_argument, nullptr, kAttr}, {"slack", required_argument, nullptr, kSlack},
+      {"hold", required_argument, nullptr, kHold},         {"seed", required_argument, nullptr, kSeed},
+      {"files", required_argument, nullptr, kFiles},       {"cls", required_argument, nullptr, kCls},
+      {"mutate-every", required_argument, nullptr, kEvery}, {"mutate-count", required_argument, nullptr, kCount},
+      {"cl", required_argument, nullptr, kCl},             {"threads", required_argument, nullptr, kThreads},
+      {"dirs-in-flight", required_argument, nullptr, kDirs}, {"source-share", required_argument, nullptr, kShare},
+      {"fs-threads", required_argument, nullptr, kFsThreads}, {"fs-log-level", required_argument, nullptr, kFsLog},
+      {"mega", required_argument, nullptr, kMega},         {"mountpoint", required_argument, nullptr, kMount},
+      {"upper", required_argument, nullptr, kUpper},       {"run-dir", required_argument, nullptr, kRunDir},
+      {"root", required_argument, nullptr, kRoot},         {"bin-dir", required_argument, nullptr, kBin},
+      {"json", required_argument, nullptr, kJson},         {"html", required_argument, nullptr, kHtml},
+      {"keep", no_argument, nullptr, kKeep},               {"help", no_argument, nullptr, 'h'},
+      {nullptr, 0, nullptr, 0}};
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, ":h", kOpts, nullptr)) != -1) {
+    switch (c) {
+      case kStrategy: strategy_spec = optarg; break;
+      case kRepeat: repeat = static_cast<int>(number("--repeat", optarg, 100000)); break;
+      case kDuration: duration = duration_ms("--duration", optarg); break;
+      case kSoak: soak_ms = duration_ms("--soak", optarg); break;
+      case kTtl: s.ttl_ms = duration_ms("--ttl", optarg); break;
+      case kEntry: s.entry_timeout = real_number("--entry-timeout", optarg, 86400); break;
+      case kAttr: s.attr_timeout = real_number("--attr-timeout", optarg, 86400); break;
+      case kSlack: s.slack_ms = duration_ms("--slack", optarg); break;
+      case kHold: s.hold_ms = duration_ms("--hold", optarg); break;
+      case kSeed: s.seed = number("--seed", optarg, UINT64_MAX); break;
+      case kFiles: s.files = number("--files", optarg, 20'000'000); break;
+      case kCls: s.cls = static_cast<uint32_t>(number("--cls", optarg, 10000)); break;
+      case kEvery: s.mutate_every_ms = duration_ms("--mutate-every", optarg); break;
+      case kCount: s.mutate_count = static_cast<uint32_t>(number("--mutate-count", optarg, 100000)); break;
+      case kCl: s.soak_cl = static_cast<uint32_t>(number("--cl", optarg, UINT32_MAX)); break;
+      case kThreads: s.threads = static_cast<unsigned>(std::max<uint64_t>(1, number("--threads", optarg, 4096))); break;
+      case kDirs: s.dirs_in_flight = static_cast<unsigned>(std::max<uint64_t>(1, number("--dirs-in-flight", optarg, 100000))); break;
+      case kShare: s.source_share = real_number("--source-share", optarg, 1.0); break;
+      case kFsThreads: s.fs_threads = static_cast<unsigned>(number("--fs-threads", optarg, 4096)); break;
+      case kFsLog: s.fs_log_level = optarg; break;
+      case kMega: s.mega_url = optarg; break;
+      case kMount: s.mountpoint = optarg; break;
+      case kUpper: s.upper = optarg; break;
+      case kRunDir: s.run_dir = optarg; break;
+      case kRoot: root = optarg; break;
+      case kBin: s.bin_dir = optarg; break;
+      case kJson: json_path = optarg; break;
+      case kHtml: html_path = optarg; break;
+      case kKeep: s.keep = true; break;
+      case 'h': fputs(kUsage, stdout); return 0;
+      case ':': usage_error(std::string("option ") + argv[optind - 1] + " needs a value");
+      default: usage_error(std::string("unknown option ") + argv[optind - 1]);
+    }
+  }
+  if (optind >= argc) usage_error("a command is required (scenario, soak, matrix, switch, walk)");
+  std::string command = argv[optind++];
+  std::string scenario_spec;
+  if (command == "scenario") {
+    if (optind >= argc) usage_error("scenario needs a NAME or 'all'");
+    scenario_spec = argv[optind++];
+  }
+  if (optind < argc) usage_error(std::string("unexpected argument '") + argv[optind] + "'");
+  if (command != "scenario" && command != "soak" && command != "matrix" && command != "switch" && command != "walk")
+    usage_error("unknown command '" + command + "'");
+  if (!s.mountpoint.empty() && s.mega_url.empty()) usage_error("--mountpoint needs --mega (the server it mounts)");
+  if (s.bin_dir.empty()) {
+    const char* env = getenv("ANTARES_BIN_DIR");
+    s.bin_dir = env && *env ? env : self_dir();
+  }
+  install_stop_handlers();
+  if (command == "walk" && !root.empty()) return local_walk(s, root);
+
+  Report report;
+  report.start_us = wall_us();
+  for (int i = 0; i < argc; ++i) report.command += (i ? " " : "") + std::string(argv[i]);
+  report.config = json{{"seed", s.seed},
+                       {"files", s.files},
+                       {"cls", s.cls},
+                       {"ttl_ms", s.ttl_ms},
+                       {"entry_timeout_s", s.entry_timeout},
+                       {"attr_timeout_s", s.attr_timeout},
+                       {"slack_ms", s.slack_ms},
+                       {"window_ms", s.window_us() / 1000},
+                       {"hold_ms", s.hold_ms},
+                       {"threads", s.threads},
+                       {"dirs_in_flight", s.dirs_in_flight},
+                       {"source_share", s.source_share},
+                       {"mutate_every_ms", s.mutate_every_ms},
+                       {"mutate_count", s.mutate_count},
+                       {"attached_mega", s.mega_url},
+                       {"attached_mountpoint", s.mountpoint},
+                       {"bin_dir", s.bin_dir}};
+  Progress progress;
+  auto add = [&](RunRecord r) {
+    progress.line(describe_run(r));
+    if (auto f = failure_of(r)) report.failures.push_back(*f);
+    report.runs.push_back(std::move(r));
+  };
+  auto interrupted = [] { return stop_requested().load(); };
+
+  if (command == "scenario") {
+    auto scenarios = expand(scenario_spec, all_scenarios(), "scenario");
+    auto strategies = expand(strategy_spec.empty() ? "none" : strategy_spec, all_strategies(), "strategy");
+    for (const auto& st : strategies)
+      for (const auto& sc : scenarios)
+        for (int rep = 0; rep < std::max(1, repeat) && !interrupted(); ++rep) add(run_scenario(s, sc, st, rep, &progress));
+  } else if (command == "soak") {
+    auto strategies = expand(strategy_spec.empty() ? "all" : strategy_spec, all_strategies(), "strategy");
+    for (const auto& st : strategies)
+      if (!interrupted()) add(run_soak(s, st, duration >= 0 ? duration : 30000, &progress));
+  } else if (command == "matrix") {
+    auto strategies = expand(strategy_spec.empty() ? "all" : strategy_spec, all_strategies(), "strategy");
+    for (const auto& st : strategies) {
+      for (const auto& sc : all_scenarios())
+        for (int rep = 0; rep < (repeat >= 0 ? repeat : 3) && !interrupted(); ++rep)
+          add(run_scenario(s, sc, st, rep, &progress));
+      if (soak_ms > 0 && !interrupted()) add(run_soak(s, st, soak_ms, &progress));
+    }
+  } else if (command == "switch") {
+    add(run_switch(s, duration >= 0 ? duration : 6000, &progress));
+  } else {  // walk through a mount, with the oracle
+    RunRecord r;
+    r.mode = "walk";
+    r.strategy = strategy_spec.empty() ? "none" : strategy_spec;
+    r.scenario = "walk";
+    r.start_us = wall_us();
+    auto ss = Session::open(s, r.strategy, s.soak_cl);
+    if (!ss) {
+      r.setup_failed = true;
+      r.note = ss.error().describe();
+    } else {
+      WalkOptions w;
+      w.root = (*ss)->fs().mountpoint();
+      w.threads = s.threads;
+      w.dirs_in_flight = s.dirs_in_flight;
+      w.source_share = s.source_share;
+      w.seed = s.seed;
+      w.stop = &stop_requested();
+      (void)walk(w, &(*ss)->recorder());
+      (void)(*ss)->sync_log();
+      (*ss)->analyze_into(&r, {"buck-out/"});
+      r.fs_estale = (*ss)->fs_log().all();
+      (*ss)->close();
+    }
+    r.end_us = wall_us();
+    r.ok = !r.setup_failed && r.stats.estale == 0 && r.stats.stale_beyond == 0;
+    add(std::move(r));
+  }
+  report.end_us = wall_us();
+
+  printf("\n%s", render_table(report).c_str());
+  if (!report.failures.empty()) {
+    printf("\nUnexpected outcomes:\n");
+    for (const auto& f : report.failures) printf("  - %s\n", f.c_str());
+  }
+  fflush(stdout);
+  int rc = 0;
+  if (!json_path.empty()) {
+    std::string text = report_json(report).dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+    if (int e = write_file_atomic(json_path, text)) {
+      fprintf(stderr, "estale-repro: cannot write %s: %s\n", json_path.c_str(), strerror(e));
+      rc = 3;
+    }
+  }
+  if (!html_path.empty()) {
+    if (int e = write_file_atomic(html_path, render_html(report))) {
+      fprintf(stderr, "estale-repro: cannot write %s: %s\n", html_path.c_str(), strerror(e));
+      rc = 3;
+    }
+  }
+  if (interrupted()) return 130;
+  bool all_setup_failed = !report.runs.empty();
+  for (const auto& r : report.runs) all_setup_failed &= r.setup_failed;
+  if (all_setup_failed) return 3;
+  if (!report.failures.empty()) return 1;
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return real_main(argc, argv);
+  } catch (const std::exception& e) {
+    fprintf(stderr, "estale-repro: internal error: %s\n", e.what());
+  } catch (...) {
+    fprintf(stderr, "estale-repro: internal error\n");
+  }
+  return 3;
+}
