@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The test command: installs dependencies, builds warning-free, runs every
-# test (unit and end-to-end) with ctest.
+# test (unit and end-to-end) with ctest, then the regression matrix of
+# estale-repro with a short TTL and one scenario at the real 5 s TTL. Fails on
+# any test failure or any regression (none stops reproducing, or a fix shows
+# ESTALE or a stale read beyond the TTL window).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/deps.sh
 bash ci/build.sh
-cd "${BUILD_DIR:-build}"
-ctest --output-on-failure -j "$(nproc)" --timeout 600
+BUILD=${BUILD_DIR:-build}
+(cd "$BUILD" && ctest --output-on-failure -j "$(nproc)" --timeout 900)
+"$BUILD/bin/estale-repro" matrix --ttl 300ms --soak 8s --repeat 2 --json "$BUILD/matrix.json"
+"$BUILD/bin/estale-repro" scenario lower-refresh --strategy all --ttl 5s
