@@ -12,10 +12,6 @@
 
 namespace antares::fs::mirror {
 
-void Fd::reset() {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-}
 
 const char* bad_name_reason(std::string_view name) {
   if (name.empty()) return "empty";

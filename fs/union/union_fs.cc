@@ -170,6 +170,35 @@ size_t UnionFs::node_count() const {
   return nodes_.size();
 }
 
+Result<UnionFs::NodePtr> UnionFs::walk_locked(const std::string& path, bool load) {
+  NodePtr dir = root_;
+  for (size_t pos = 0; pos < path.size();) {
+    size_t slash = path.find('/', pos);
+    std::string comp = path.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
+    pos = slash == std::string::npos ? path.size() : slash + 1;
+    if (load) {
+      auto c = child_locked(dir, comp, Op::modify);
+      if (!c.ok()) return c.error();
+      dir = *c;
+    } else {
+      // Children created through the mount are cached even before a load.
+      auto it = dir->children.find(comp);
+      if (it == dir->children.end()) return Error::from_errno(ENOENT, path);
+      dir = it->second;
+    }
+  }
+  return dir;
+}
+
+Result<UniqueFd> UnionFs::open_top_locked(NodeId node, int flags, Op op, NodePtr* out) {
+  auto n = find(node);
+  if (!n) return Error::from_errno(ESTALE, "unknown node");
+  int top = n->top();
+  if (top < 0) return Error::from_errno(ENOENT, n->path);
+  if (out) *out = n;
+  return open_ref(n, size_t(top), flags, op);
+}
+
 UnionFs::NodePtr UnionFs::find(NodeId id) const {
   auto it = nodes_.find(raw(id));
   return it == nodes_.end() ? nullptr : it->second;
@@ -424,11 +453,8 @@ Status UnionFs::access(NodeId node, int /*mask*/) {
 
 Result<std::string> UnionFs::readlink(NodeId node) {
   std::lock_guard lk(mu_);
-  auto n = find(node);
-  if (!n) return Error::from_errno(ESTALE, "unknown node");
-  int top = n->top();
-  if (top < 0) return Error::from_errno(ENOENT, n->path);
-  auto fd = open_ref(n, size_t(top), O_PATH, Op::readlink);
+  NodePtr n;
+  auto fd = open_top_locked(node, O_PATH, Op::readlink, &n);
   if (!fd.ok()) return fd.error();
   char buf[PATH_MAX];
   ssize_t len = ::readlinkat(fd->get(), "", buf, sizeof buf);
@@ -453,16 +479,9 @@ Status UnionFs::copy_up(const NodePtr& n) {
   if (top < 0) return Error::from_errno(ENOENT, n->path);
   auto [parent_path, name] = split_parent(n->path);
   // The parent chain first: every ancestor of a cached node is reachable from the root.
-  NodePtr parent = root_;
-  size_t pos = 0;
-  while (pos < parent_path.size()) {
-    size_t slash = parent_path.find('/', pos);
-    std::string comp = parent_path.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
-    pos = slash == std::string::npos ? parent_path.size() : slash + 1;
-    auto c = child_locked(parent, comp, Op::modify);
-    if (!c.ok()) return c.error();
-    parent = *c;
-  }
+  auto walked = walk_locked(parent_path, true);
+  if (!walked.ok()) return walked.error();
+  NodePtr parent = *walked;
   if (!parent->refs[0]) {
     auto st = copy_up(parent);
     if (!st.ok()) return st;
@@ -933,11 +952,8 @@ Result<struct stat> UnionFs::setattr(NodeId node, const struct stat& attr, int t
 Result<std::string> UnionFs::getxattr(NodeId node, const std::string& name) {
   if (name.rfind("trusted.overlay.", 0) == 0) return Error::from_errno(ENODATA, name);
   std::lock_guard lk(mu_);
-  auto n = find(node);
-  if (!n) return Error::from_errno(ESTALE, "unknown node");
-  int top = n->top();
-  if (top < 0) return Error::from_errno(ENOENT, n->path);
-  auto fd = open_ref(n, size_t(top), O_PATH, Op::xattr);
+  NodePtr n;
+  auto fd = open_top_locked(node, O_PATH, Op::xattr, &n);
   if (!fd.ok()) return fd.error();
   std::string proc = proc_fd(fd->get());
   ssize_t len = ::getxattr(proc.c_str(), name.c_str(), nullptr, 0);
@@ -951,11 +967,8 @@ Result<std::string> UnionFs::getxattr(NodeId node, const std::string& name) {
 
 Result<std::string> UnionFs::listxattr(NodeId node) {
   std::lock_guard lk(mu_);
-  auto n = find(node);
-  if (!n) return Error::from_errno(ESTALE, "unknown node");
-  int top = n->top();
-  if (top < 0) return Error::from_errno(ENOENT, n->path);
-  auto fd = open_ref(n, size_t(top), O_PATH, Op::xattr);
+  NodePtr n;
+  auto fd = open_top_locked(node, O_PATH, Op::xattr, &n);
   if (!fd.ok()) return fd.error();
   std::string proc = proc_fd(fd->get());
   ssize_t len = ::listxattr(proc.c_str(), nullptr, 0);
@@ -1005,22 +1018,9 @@ std::vector<KernelInvalidation> UnionFs::on_layer_change(size_t layer, const std
   for (const auto& ch : changes) {
     // Walk the loaded part of the tree down to the changed path's parent.
     auto [parent_path, name] = split_parent(ch.path);
-    NodePtr dir = root_;
-    size_t pos = 0;
-    bool found = true;
-    while (pos < parent_path.size()) {
-      size_t slash = parent_path.find('/', pos);
-      std::string comp = parent_path.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
-      pos = slash == std::string::npos ? parent_path.size() : slash + 1;
-      // Children created through the mount are cached even before a load.
-      auto it = dir->children.find(comp);
-      if (it == dir->children.end()) {
-        found = false;
-        break;
-      }
-      dir = it->second;
-    }
-    if (!found) continue;  // nothing cached on that path, nothing to tell
+    auto walked = walk_locked(parent_path, false);
+    if (!walked.ok()) continue;  // nothing cached on that path, nothing to tell
+    NodePtr dir = *walked;
     dir->loaded = false;   // re-read the names on the next lookup
     out.push_back({KernelInvalidation::Kind::entry, dir->id, name});
     auto it = dir->children.find(name);

@@ -150,6 +150,11 @@ class UnionFs {
   struct Locked;
 
   NodePtr find(NodeId id) const;  // requires mu_
+  // The node at union path `path`, from the root: loading directories as
+  // needed (load) or only through what is cached; requires mu_.
+  Result<NodePtr> walk_locked(const std::string& path, bool load);
+  // The node's top object, opened through the strategy; requires mu_.
+  Result<UniqueFd> open_top_locked(NodeId node, int flags, Op op, NodePtr* out = nullptr);
   NodePtr new_node(const std::string& path, bool is_dir);
   uint64_t ino_for(const std::string& path);
   Result<NodePtr> child_locked(const NodePtr& parent, const std::string& name, Op op);
