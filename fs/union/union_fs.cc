@@ -238,20 +238,26 @@ Result<UniqueFd> UnionFs::open_ref(const NodePtr& n, size_t layer, int flags, Op
   return fd;
 }
 
-void UnionFs::run_dir_hooks(NodeId node) {
+Status UnionFs::run_dir_hooks(NodeId node) {
   std::vector<std::pair<size_t, std::string>> todo;
   {
     std::lock_guard lk(mu_);
     auto n = find(node);
-    if (!n || !n->is_dir) return;
+    if (!n || !n->is_dir) return {};
     for (size_t i = 0; i < n->refs.size(); ++i)
       if (n->refs[i]) todo.emplace_back(i, n->refs[i]->path);
   }
   for (auto& [i, path] : todo) {
+    // The owner keeps serving what it has when a refresh fails; an error here
+    // means it has nothing for this directory (never fetched): the operation
+    // that needed it fails with that error (EIO, ETIMEDOUT), nothing is cached.
     auto st = layers_[i]->hooks().before_dir(path);
-    if (!st.ok() && st.err() != ENOENT)
-      log::warn("layer_refresh_failed", {{"layer", layers_[i]->name()}, {"path", path}, {"error", st.error().describe()}});
+    if (!st.ok() && st.err() != ENOENT) {
+      log::warn("layer_dir_unavailable", {{"layer", layers_[i]->name()}, {"path", path}, {"error", st.error().describe()}});
+      return st;
+    }
   }
+  return {};
 }
 
 bool UnionFs::children_stale(const NodePtr& dir) {
@@ -414,7 +420,7 @@ Result<Entry> UnionFs::entry_for(const NodePtr& n, Op op) {
 }
 
 Result<Entry> UnionFs::lookup(NodeId parent, const std::string& name) {
-  run_dir_hooks(parent);
+  if (auto st = run_dir_hooks(parent); !st.ok()) return st.error();
   std::lock_guard lk(mu_);
   auto p = find(parent);
   if (!p) return Error::from_errno(ESTALE, "unknown node");
@@ -440,7 +446,7 @@ Result<struct stat> UnionFs::getattr(NodeId node) {
 }
 
 Status UnionFs::access(NodeId node, int /*mask*/) {
-  run_dir_hooks(node);
+  if (auto st = run_dir_hooks(node); !st.ok()) return st;
   std::lock_guard lk(mu_);
   auto n = find(node);
   if (!n) return Error::from_errno(ESTALE, "unknown node");
@@ -889,7 +895,7 @@ void UnionFs::note_open(const NodePtr& n, size_t layer, bool* changed) {
 }
 
 Result<std::vector<DirEntry>> UnionFs::opendir(NodeId node) {
-  run_dir_hooks(node);
+  if (auto st = run_dir_hooks(node); !st.ok()) return st.error();
   std::lock_guard lk(mu_);
   auto n = find(node);
   if (!n) return Error::from_errno(ESTALE, "unknown node");

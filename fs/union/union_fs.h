@@ -163,7 +163,7 @@ class UnionFs {
   Result<UniqueFd> open_ref(const NodePtr& n, size_t layer, int flags, Op op);
   Result<struct stat> stat_locked(const NodePtr& n, Op op);
   Result<Entry> entry_for(const NodePtr& n, Op op);
-  void run_dir_hooks(NodeId node);
+  Status run_dir_hooks(NodeId node);
   Status copy_up(const NodePtr& n);
   Result<UniqueFd> upper_dir(const NodePtr& dir);  // copies the dir chain up as needed
   Result<bool> lower_has(const NodePtr& parent, const std::string& name);

@@ -274,6 +274,39 @@ TEST_F(UnionTest, SwitchingFromNoneHealsStaleNodes) {
   EXPECT_EQ(read(buck), "v2");
 }
 
+// A lower layer whose owner cannot fetch: the error reaches the operation
+// that needed the data, nothing empty is cached, and it recovers.
+class FailingHooks : public LayerHooks {
+ public:
+  int err = 0;
+  Status before_dir(const std::string&) override {
+    if (err) return Error::from_errno(err, "fetch failed");
+    return {};
+  }
+};
+
+TEST(UnionHooksTest, FetchFailuresSurfaceAndNothingEmptyIsCached) {
+  testing::TempDir tmp;
+  for (auto d : {"upper", "lower/a"}) std::filesystem::create_directories(tmp / d);
+  write_file(tmp / "lower/a/f", "f");
+  FailingHooks hooks;
+  std::vector<std::unique_ptr<Layer>> layers;
+  layers.push_back(std::move(*Layer::open("upper", tmp / "upper", true)));
+  layers.push_back(std::move(*Layer::open("lower", tmp / "lower", false, &hooks)));
+  StrategySet set;
+  StrategySlot slot(set.find("none"));
+  UnionFs fs(std::move(layers), slot);
+  ASSERT_TRUE(fs.init().ok());
+  hooks.err = ETIMEDOUT;
+  EXPECT_EQ(fs.lookup(kRootNode, "a").err(), ETIMEDOUT);
+  hooks.err = EIO;
+  EXPECT_EQ(fs.opendir(kRootNode).err(), EIO);
+  hooks.err = 0;
+  auto a = fs.lookup(kRootNode, "a");
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE(fs.lookup(a->node, "f").ok());
+}
+
 TEST(HandleCacheTest, HitsMissesAndBound) {
   HandleCache c(2);
   testing::TempDir d;
