@@ -287,6 +287,7 @@ Status Daemon::refresh(const std::string& path) {
   while (!rel.empty() && rel.back() == '/') rel.pop_back();
   lower_->expire(rel);
   if (cl_) {
+    Layer::ChangeScope scope(fs_->layer(cl_layer_));
     auto r = cl_->resync();
     if (!r.ok()) return r.error();
     if (*r) cl_resyncs_++;
@@ -298,7 +299,11 @@ void Daemon::cl_poll_loop() {
   std::unique_lock lk(poll_mu_);
   while (!poll_cv_.wait_for(lk, opts_.ttl, [&] { return stopping_; })) {
     lk.unlock();
-    auto r = cl_->resync();
+    Result<bool> r = false;
+    {
+      Layer::ChangeScope scope(fs_->layer(cl_layer_));
+      r = cl_->resync();
+    }
     if (!r.ok()) {
       cl_errors_++;
       log::warn("cl_resync_failed", {{"cl", opts_.cl}, {"error", r.error().describe()}});

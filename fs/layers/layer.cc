@@ -92,6 +92,20 @@ size_t HandleCache::size() const {
   return map_.size();
 }
 
+Layer::ChangeScope::~ChangeScope() {
+  {
+    std::lock_guard lk(l_.quiet_mu_);
+    l_.epoch_++;
+    l_.changing_--;
+  }
+  l_.quiet_cv_.notify_all();
+}
+
+bool Layer::wait_quiet(std::chrono::milliseconds timeout) {
+  std::unique_lock lk(quiet_mu_);
+  return quiet_cv_.wait_for(lk, timeout, [&] { return changing_.load() == 0; });
+}
+
 Layer::Layer(std::string name, std::string root, bool writable, UniqueFd root_fd, LayerHooks* hooks)
     : name_(std::move(name)), root_(std::move(root)), writable_(writable), root_fd_(std::move(root_fd)),
       hooks_(hooks ? hooks : &default_hooks_) {}

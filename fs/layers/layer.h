@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -112,6 +114,26 @@ class Layer {
   LayerHooks& hooks() { return *hooks_; }
   HandleCache& cache() { return cache_; }
 
+  // The owner brackets every change it makes to the directory (a refresh, a
+  // re-sync) with a ChangeScope, delivering its change events inside it. A
+  // handle use that met ESTALE while a change was in flight, or across one,
+  // can then wait for the change's invalidations and retry (strategy B).
+  class ChangeScope {
+   public:
+    explicit ChangeScope(Layer& l) : l_(l) { l_.changing_++; }
+    ~ChangeScope();
+    ChangeScope(const ChangeScope&) = delete;
+    ChangeScope& operator=(const ChangeScope&) = delete;
+
+   private:
+    Layer& l_;
+  };
+  // Completed changes so far; with changing() > 0, one is in flight.
+  uint64_t change_epoch() const { return epoch_.load(); }
+  int changing() const { return changing_.load(); }
+  // Waits until no change is in flight; false on timeout.
+  bool wait_quiet(std::chrono::milliseconds timeout);
+
   // statx + handle of `name` in the open directory `dirfd`, whose layer path is
   // dir_rel. The handle comes from the cache when the identity is known.
   Result<LayerRef> resolve_at(int dirfd, const std::string& dir_rel, const std::string& name);
@@ -131,6 +153,10 @@ class Layer {
   LayerHooks default_hooks_;
   LayerHooks* hooks_;
   HandleCache cache_;
+  std::atomic<int> changing_{0};
+  std::atomic<uint64_t> epoch_{0};
+  std::mutex quiet_mu_;  // leaf; pairs with quiet_cv_
+  std::condition_variable quiet_cv_;
 };
 
 // statx with the fields identity and attributes need.

@@ -170,6 +170,25 @@ size_t UnionFs::node_count() const {
   return nodes_.size();
 }
 
+std::vector<uint64_t> UnionFs::change_epochs() const {
+  std::vector<uint64_t> e;
+  for (auto& l : layers_) e.push_back(l->change_epoch());
+  return e;
+}
+
+bool UnionFs::should_retry_after_change(int err, const std::vector<uint64_t>& before) {
+  if (err != ESTALE || !strategy_.get().invalidates()) return false;
+  bool raced = false;
+  for (size_t i = 0; i < layers_.size(); ++i)
+    raced |= layers_[i]->changing() > 0 || layers_[i]->change_epoch() != before[i];
+  if (!raced) return false;
+  // A change was being applied while we used a handle: its invalidation is
+  // on the way; wait for it (no lock held) and use the re-pointed handle.
+  for (auto& l : layers_) l->wait_quiet(std::chrono::seconds(30));
+  stats_.change_races++;
+  return true;
+}
+
 Result<UnionFs::NodePtr> UnionFs::walk_locked(const std::string& path, bool load) {
   NodePtr dir = root_;
   for (size_t pos = 0; pos < path.size();) {
@@ -251,7 +270,11 @@ Status UnionFs::run_dir_hooks(NodeId node) {
     // The owner keeps serving what it has when a refresh fails; an error here
     // means it has nothing for this directory (never fetched): the operation
     // that needed it fails with that error (EIO, ETIMEDOUT), nothing is cached.
-    auto st = layers_[i]->hooks().before_dir(path);
+    Status st;
+    {
+      Layer::ChangeScope scope(*layers_[i]);
+      st = layers_[i]->hooks().before_dir(path);
+    }
     if (!st.ok() && st.err() != ENOENT) {
       log::warn("layer_dir_unavailable", {{"layer", layers_[i]->name()}, {"path", path}, {"error", st.error().describe()}});
       return st;
@@ -420,6 +443,10 @@ Result<Entry> UnionFs::entry_for(const NodePtr& n, Op op) {
 }
 
 Result<Entry> UnionFs::lookup(NodeId parent, const std::string& name) {
+  return retrying([&] { return lookup_once(parent, name); });
+}
+
+Result<Entry> UnionFs::lookup_once(NodeId parent, const std::string& name) {
   if (auto st = run_dir_hooks(parent); !st.ok()) return st.error();
   std::lock_guard lk(mu_);
   auto p = find(parent);
@@ -439,13 +466,21 @@ void UnionFs::forget(NodeId node, uint64_t nlookup) {
 }
 
 Result<struct stat> UnionFs::getattr(NodeId node) {
+  return retrying([&] { return getattr_once(node); });
+}
+
+Result<struct stat> UnionFs::getattr_once(NodeId node) {
   std::lock_guard lk(mu_);
   auto n = find(node);
   if (!n) return Error::from_errno(ESTALE, "unknown node");
   return stat_locked(n, Op::getattr);
 }
 
-Status UnionFs::access(NodeId node, int /*mask*/) {
+Status UnionFs::access(NodeId node, int mask) {
+  return retrying([&] { return access_once(node, mask); });
+}
+
+Status UnionFs::access_once(NodeId node, int /*mask*/) {
   if (auto st = run_dir_hooks(node); !st.ok()) return st;
   std::lock_guard lk(mu_);
   auto n = find(node);
@@ -458,6 +493,10 @@ Status UnionFs::access(NodeId node, int /*mask*/) {
 }
 
 Result<std::string> UnionFs::readlink(NodeId node) {
+  return retrying([&] { return readlink_once(node); });
+}
+
+Result<std::string> UnionFs::readlink_once(NodeId node) {
   std::lock_guard lk(mu_);
   NodePtr n;
   auto fd = open_top_locked(node, O_PATH, Op::readlink, &n);
@@ -848,6 +887,10 @@ Status UnionFs::rename(NodeId parent, const std::string& name, NodeId new_parent
 // --- data ----------------------------------------------------------------
 
 Result<UniqueFd> UnionFs::open(NodeId node, int flags, bool* changed) {
+  return retrying([&] { return open_once(node, flags, changed); });
+}
+
+Result<UniqueFd> UnionFs::open_once(NodeId node, int flags, bool* changed) {
   const int acc = flags & O_ACCMODE;
   const bool write = acc != O_RDONLY || (flags & O_TRUNC);
   flags &= ~(O_CREAT | O_EXCL | O_NOCTTY);
@@ -895,6 +938,10 @@ void UnionFs::note_open(const NodePtr& n, size_t layer, bool* changed) {
 }
 
 Result<std::vector<DirEntry>> UnionFs::opendir(NodeId node) {
+  return retrying([&] { return opendir_once(node); });
+}
+
+Result<std::vector<DirEntry>> UnionFs::opendir_once(NodeId node) {
   if (auto st = run_dir_hooks(node); !st.ok()) return st.error();
   std::lock_guard lk(mu_);
   auto n = find(node);
@@ -956,6 +1003,10 @@ Result<struct stat> UnionFs::setattr(NodeId node, const struct stat& attr, int t
 // --- xattrs --------------------------------------------------------------
 
 Result<std::string> UnionFs::getxattr(NodeId node, const std::string& name) {
+  return retrying([&] { return getxattr_once(node, name); });
+}
+
+Result<std::string> UnionFs::getxattr_once(NodeId node, const std::string& name) {
   if (name.rfind("trusted.overlay.", 0) == 0) return Error::from_errno(ENODATA, name);
   std::lock_guard lk(mu_);
   NodePtr n;
@@ -972,6 +1023,10 @@ Result<std::string> UnionFs::getxattr(NodeId node, const std::string& name) {
 }
 
 Result<std::string> UnionFs::listxattr(NodeId node) {
+  return retrying([&] { return listxattr_once(node); });
+}
+
+Result<std::string> UnionFs::listxattr_once(NodeId node) {
   std::lock_guard lk(mu_);
   NodePtr n;
   auto fd = open_top_locked(node, O_PATH, Op::xattr, &n);

@@ -67,6 +67,7 @@ struct UnionStats {
   static constexpr int kMaxLayers = 3;
   std::atomic<uint64_t> estale[kMaxLayers][int(Op::kCount)]{};
   std::atomic<uint64_t> copy_ups{0}, whiteouts{0}, dir_loads{0}, dir_reloads{0}, renewed_nodes{0};
+  std::atomic<uint64_t> change_races{0};  // B: ESTALE met during a change, retried after its invalidation
   std::atomic<uint64_t> nodes{0};
 };
 
@@ -150,6 +151,25 @@ class UnionFs {
   struct Locked;
 
   NodePtr find(NodeId id) const;  // requires mu_
+  Result<Entry> lookup_once(NodeId parent, const std::string& name);
+  Result<struct stat> getattr_once(NodeId node);
+  Status access_once(NodeId node, int mask);
+  Result<std::string> readlink_once(NodeId node);
+  Result<UniqueFd> open_once(NodeId node, int flags, bool* changed);
+  Result<std::vector<DirEntry>> opendir_once(NodeId node);
+  Result<std::string> getxattr_once(NodeId node, const std::string& name);
+  Result<std::string> listxattr_once(NodeId node);
+  std::vector<uint64_t> change_epochs() const;
+  // Strategy B: whether an ESTALE raced a change being applied (then waits for it).
+  bool should_retry_after_change(int err, const std::vector<uint64_t>& before);
+  // Runs op, and once more if its ESTALE raced a change (B). op locks itself.
+  template <class F>
+  auto retrying(F&& op) {
+    auto before = change_epochs();
+    auto r = op();
+    if (should_retry_after_change(r.err(), before)) r = op();
+    return r;
+  }
   // The node at union path `path`, from the root: loading directories as
   // needed (load) or only through what is cached; requires mu_.
   Result<NodePtr> walk_locked(const std::string& path, bool load);
