@@ -35,7 +35,9 @@ bool have_fs() {
 // Runs estale-repro with a small repository and a short TTL; returns the exit code.
 int repro(std::vector<std::string> args, const TempDir& dir, json* report, std::string* err = nullptr,
           std::chrono::seconds timeout = std::chrono::seconds(280)) {
-  std::vector<std::string> argv{bin_dir() + "/estale-repro", "--bin-dir", bin_dir(), "--files", "300",
+  // TMPDIR: the run's private directories (and mounts) live under this test's dir,
+  // so tests running in parallel never see each other's mounts.
+  std::vector<std::string> argv{"/usr/bin/env", "TMPDIR=" + dir.path(), bin_dir() + "/estale-repro", "--bin-dir", bin_dir(), "--files", "300",
                                 "--ttl", "300ms", "--json", dir / "report.json"};
   argv.insert(argv.end(), args.begin(), args.end());
   std::string out, e;
@@ -45,8 +47,9 @@ int repro(std::vector<std::string> args, const TempDir& dir, json* report, std::
   return code;
 }
 
-bool mounts_left() {
-  return read_file("/proc/self/mountinfo").find("estale-repro-") != std::string::npos;
+// Whether a mount of a run under `dir` is left behind.
+bool mounts_left(const TempDir& dir) {
+  return read_file("/proc/self/mountinfo").find(dir.path() + "/") != std::string::npos;
 }
 
 class PerStrategy : public ::testing::TestWithParam<std::string> {};
@@ -84,7 +87,7 @@ TEST_P(PerStrategy, EveryScenarioTenTimes) {
       for (const auto& e : run["events"]) layer |= e["kind"] == "estale" && e.contains("layer");
       EXPECT_TRUE(layer) << run["scenario"];
     }
-  EXPECT_FALSE(mounts_left());
+  EXPECT_FALSE(mounts_left(dir));
 }
 
 INSTANTIATE_TEST_SUITE_P(Strategies, PerStrategy, ::testing::Values("none", "A", "B", "C", "auto"),
@@ -143,15 +146,15 @@ TEST(ReproE2E, SoakUnderFixesHasNoEstale) {
 TEST(ReproE2E, InterruptStopsAndUnmounts) {
   REQUIRE_FS();
   TempDir dir;
-  Subprocess p({bin_dir() + "/estale-repro", "--bin-dir", bin_dir(), "--files", "300", "soak", "--duration", "60s",
+  Subprocess p({"/usr/bin/env", "TMPDIR=" + dir.path(), bin_dir() + "/estale-repro", "--bin-dir", bin_dir(), "--files", "300", "soak", "--duration", "60s",
                 "--strategy", "none"},
                dir / "soak");
   // Wait until the mount is up and walked.
-  ASSERT_TRUE(wait_until([] { return mounts_left(); }, std::chrono::seconds(30)));
+  ASSERT_TRUE(wait_until([&] { return mounts_left(dir); }, std::chrono::seconds(30)));
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   kill(p.pid(), SIGINT);
   EXPECT_EQ(p.wait(std::chrono::seconds(30)), 130) << p.stderr_text();
-  EXPECT_FALSE(mounts_left());
+  EXPECT_FALSE(mounts_left(dir));
   // Its children (own process groups) are gone too.
   std::string out;
   run({"/bin/sh", "-c", "pgrep -P " + std::to_string(p.pid()) + " | wc -l"}, &out);
