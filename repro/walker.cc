@@ -202,21 +202,34 @@ class Walk {
     for (const auto& d : chain) {
       bool has;
       {
-        std::lock_guard l(mu_);
+        std::unique_lock l(mu_);
         auto it = dirs_info_.find(d);
         has = it != dirs_info_.end() && it->second.has_package;
-        if (has && !package_seen_.insert(d).second) has = false;  // PACKAGE files are evaluated once per walk
+        // PACKAGE files are evaluated once per walk; a BUCK file still needs
+        // them evaluated before it, so wait for another thread's evaluation.
+        if (has) {
+          auto [st, first] = package_done_.try_emplace(d, false);
+          if (!first) {
+            package_cv_.wait(l, [&] { return package_done_[d]; });
+            has = false;
+          }
+        }
       }
       if (!has) continue;
       std::string path = join(d, "PACKAGE");
       auto text = ops_.read(path);
       if (!text) {
         count_error();
-        continue;
+      } else {
+        package_files_.fetch_add(1, std::memory_order_relaxed);
+        for (const auto& label : parse_loads(*text))
+          if (auto p = label_to_path(label, d)) load_bzl(*p);
       }
-      package_files_.fetch_add(1, std::memory_order_relaxed);
-      for (const auto& label : parse_loads(*text))
-        if (auto p = label_to_path(label, d)) load_bzl(*p);
+      {
+        std::lock_guard l(mu_);
+        package_done_[d] = true;
+      }
+      package_cv_.notify_all();
     }
   }
 
@@ -302,7 +315,8 @@ class Walk {
   std::mutex mu_;
   std::map<std::string, DirInfo> dirs_info_;  // guarded by mu_
   std::set<std::string> bzl_seen_;            // guarded by mu_
-  std::set<std::string> package_seen_;        // guarded by mu_
+  std::map<std::string, bool> package_done_;  // guarded by mu_: PACKAGE dir -> evaluated
+  std::condition_variable package_cv_;        // with mu_: a PACKAGE evaluation finished
   std::atomic<uint64_t> dirs_{0}, packages_{0}, package_files_{0}, buildfiles_{0}, bzl_{0}, sources_{0}, writes_{0},
       errors_{0};
   WalkSummary s_;
