@@ -238,7 +238,6 @@ class Daemon {
   std::unique_ptr<remote::MegaClient> mega_;
   std::unique_ptr<LowerStore> lower_;
   std::unique_ptr<ClBuilder> cl_;
-  LowerHooks* lower_hooks_ = nullptr;
   std::unique_ptr<LowerHooks> lower_hooks_owned_;
   ClHooks cl_hooks_;
   StrategySet strategies_;

@@ -46,7 +46,9 @@ class RecoverStrategy final : public HandleStrategy {
   Result<UniqueFd> open(Layer& layer, LayerRef& ref, int flags) const override {
     return open_recovering(layer, ref, flags, stats_);
   }
-  bool revalidates() const override { return true; }
+  // auto learns of directory changes from B's events; re-checking every
+  // loaded directory on each lookup as A does would be the same work twice.
+  bool revalidates() const override { return !invalidates_; }
   bool invalidates() const override { return invalidates_; }
 
  private:

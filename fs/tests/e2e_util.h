@@ -133,6 +133,15 @@ inline json mutate(MegaProcess& mega, const json& mutations) {
   return r["applied"];
 }
 
+// A file CL 1 adds or modifies (put into CL 1 if it has none).
+inline std::string cl1_file(MegaProcess& mega) {
+  for (auto& e : cl_files(mega, "1"))
+    if (e["action"] == "modified" || e["action"] == "new") return e["path"];
+  std::string path = lower_only_files(mega, 1)[0];
+  mutate(mega, json::array({{{"kind", "cl"}, {"cl", 1}, {"path", path}, {"action", "modified"}}}));
+  return path;
+}
+
 // "/a/b" -> "a/b" (the path relative to the mount).
 inline std::string rel(const std::string& repo_path) { return repo_path.substr(1); }
 

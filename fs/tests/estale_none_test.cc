@@ -15,16 +15,7 @@ namespace {
 class EstaleNone : public ::testing::Test {
  protected:
   void SetUp() override {
-    // A path CL 1 modifies (added to the CL if it has none).
-    for (auto& e : cl_files(mega_, "1"))
-      if (e["action"] == "modified" || e["action"] == "new") {
-        cl_path_ = e["path"];
-        break;
-      }
-    if (cl_path_.empty()) {
-      cl_path_ = lower_only_files(mega_, 1)[0];
-      mutate(mega_, json::array({{{"kind", "cl"}, {"cl", 1}, {"path", cl_path_}, {"action", "modified"}}}));
-    }
+    cl_path_ = cl1_file(mega_);
     lower_path_ = lower_only_files(mega_, 1)[0];
     MountOptions o;
     o.strategy = "none";

@@ -32,15 +32,7 @@ void PrintTo(const Param& p, std::ostream* os) { *os << p.strategy << "/" << tri
 class StrategiesFix : public ::testing::TestWithParam<Param> {
  protected:
   void SetUp() override {
-    for (auto& e : cl_files(mega_, "1"))
-      if (e["action"] == "modified" || e["action"] == "new") {
-        cl_path_ = e["path"];
-        break;
-      }
-    if (cl_path_.empty()) {
-      cl_path_ = lower_only_files(mega_, 1)[0];
-      mutate(mega_, json::array({{{"kind", "cl"}, {"cl", 1}, {"path", cl_path_}, {"action", "modified"}}}));
-    }
+    cl_path_ = cl1_file(mega_);
     lower_path_ = lower_only_files(mega_, 1)[0];
     MountOptions o;
     o.strategy = GetParam().strategy;

@@ -126,8 +126,11 @@ struct UnionFs::Node {
   bool opaque = false;
   bool loaded = false;
   std::map<std::string, NodePtr> children;
-  std::vector<std::optional<struct statx_timestamp>> stamps;  // layer dirs' mtime at load
-  std::vector<uint64_t> stamp_ino;
+  struct DirStamp {
+    uint64_t ino;
+    struct statx_timestamp mtime;
+  };
+  std::vector<std::optional<DirStamp>> stamps;  // each layer dir's inode and mtime at load
   uint64_t nlookup = 0;
   Identity announced;  // the top object's identity when the kernel last got this node
   Identity opened;     // the object the kernel's cached pages came from
@@ -196,7 +199,7 @@ Result<UnionFs::NodePtr> UnionFs::walk_locked(const std::string& path, bool load
     std::string comp = path.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
     pos = slash == std::string::npos ? path.size() : slash + 1;
     if (load) {
-      auto c = child_locked(dir, comp, Op::modify);
+      auto c = child_locked(dir, comp);
       if (!c.ok()) return c.error();
       dir = *c;
     } else {
@@ -291,20 +294,20 @@ bool UnionFs::children_stale(const NodePtr& dir) {
     auto stx = statx_at(fd->get(), "");
     if (!stx.ok()) return true;
     if (i >= dir->stamps.size() || !dir->stamps[i]) return true;
-    if (stx->stx_mtime.tv_sec != dir->stamps[i]->tv_sec || stx->stx_mtime.tv_nsec != dir->stamps[i]->tv_nsec ||
-        stx->stx_ino != dir->stamp_ino[i])
+    const auto& was = *dir->stamps[i];
+    if (stx->stx_mtime.tv_sec != was.mtime.tv_sec || stx->stx_mtime.tv_nsec != was.mtime.tv_nsec ||
+        stx->stx_ino != was.ino)
       return true;
   }
   return false;
 }
 
-Status UnionFs::load_children(const NodePtr& dir, Op op) {
+Status UnionFs::load_children(const NodePtr& dir) {
   std::map<std::string, NodePtr> old;
   old.swap(dir->children);
   const bool reload = dir->loaded;
   dir->loaded = false;
   dir->stamps.assign(layers_.size(), std::nullopt);
-  dir->stamp_ino.assign(layers_.size(), 0);
   // name -> (node or nullptr when whited out/shadowed, still merging lower dirs)
   std::map<std::string, std::pair<NodePtr, bool>> seen;
   bool any_layer = false;
@@ -319,8 +322,7 @@ Status UnionFs::load_children(const NodePtr& dir, Op op) {
     }
     any_layer = true;
     if (auto stx = statx_at(fd->get(), ""); stx.ok()) {
-      dir->stamps[i] = stx->stx_mtime;
-      dir->stamp_ino[i] = stx->stx_ino;
+      dir->stamps[i] = Node::DirStamp{stx->stx_ino, stx->stx_mtime};
     }
     bool opaque = false;
     if (layers_[i]->writable()) {
@@ -393,17 +395,18 @@ Status UnionFs::load_children(const NodePtr& dir, Op op) {
   }
   dir->loaded = true;
   (reload ? stats_.dir_reloads : stats_.dir_loads)++;
-  (void)op;
   return {};
 }
 
-Result<UnionFs::NodePtr> UnionFs::child_locked(const NodePtr& parent, const std::string& name, Op op) {
+Status UnionFs::ensure_children(const NodePtr& dir) {
+  if (dir->loaded && !(strategy_.get().revalidates() && children_stale(dir))) return {};
+  return load_children(dir);
+}
+
+Result<UnionFs::NodePtr> UnionFs::child_locked(const NodePtr& parent, const std::string& name) {
   if (!parent->is_dir) return Error::from_errno(ENOTDIR, parent->path);
   if (name.size() > NAME_MAX) return Error::from_errno(ENAMETOOLONG, name);
-  if (!parent->loaded || (strategy_.get().revalidates() && children_stale(parent))) {
-    auto st = load_children(parent, op);
-    if (!st.ok()) return st.error();
-  }
+  if (auto st = ensure_children(parent); !st.ok()) return st.error();
   auto it = parent->children.find(name);
   if (it == parent->children.end()) return Error::from_errno(ENOENT, join_path(parent->path, name));
   return it->second;
@@ -451,7 +454,7 @@ Result<Entry> UnionFs::lookup_once(NodeId parent, const std::string& name) {
   std::lock_guard lk(mu_);
   auto p = find(parent);
   if (!p) return Error::from_errno(ESTALE, "unknown node");
-  auto c = child_locked(p, name, Op::lookup);
+  auto c = child_locked(p, name);
   if (!c.ok()) return c.error();
   return entry_for(*c, Op::lookup);
 }
@@ -665,7 +668,7 @@ Result<Entry> UnionFs::finish_create(const NodePtr& parent, const std::string& n
   auto p = find(parent);                                                          \
   if (!p) return Error::from_errno(ESTALE, "unknown node");                       \
   if (name.size() > NAME_MAX) return Error::from_errno(ENAMETOOLONG, name);       \
-  if (auto ex = child_locked(p, name, Op::modify); ex.ok())                       \
+  if (auto ex = child_locked(p, name); ex.ok())                       \
     return Error::from_errno(EEXIST, name);                                       \
   else if (ex.err() != ENOENT)                                                    \
     return ex.error();                                                            \
@@ -712,7 +715,7 @@ Result<Entry> UnionFs::link(NodeId node, NodeId new_parent, const std::string& n
   auto p = find(new_parent);
   if (!n || !p) return Error::from_errno(ESTALE, "unknown node");
   if (n->is_dir) return Error::from_errno(EPERM, n->path);
-  if (auto ex = child_locked(p, new_name, Op::modify); ex.ok()) return Error::from_errno(EEXIST, new_name);
+  if (auto ex = child_locked(p, new_name); ex.ok()) return Error::from_errno(EEXIST, new_name);
   if (auto st = copy_up(n); !st.ok()) return st.error();
   auto ud = upper_dir(p);
   if (!ud.ok()) return ud.error();
@@ -731,7 +734,7 @@ Status UnionFs::unlink(NodeId parent, const std::string& name) {
   std::lock_guard lk(mu_);
   auto p = find(parent);
   if (!p) return Error::from_errno(ESTALE, "unknown node");
-  auto c = child_locked(p, name, Op::modify);
+  auto c = child_locked(p, name);
   if (!c.ok()) return c.error();
   NodePtr n = *c;
   if (n->is_dir) return Error::from_errno(EISDIR, n->path);
@@ -755,11 +758,11 @@ Status UnionFs::rmdir(NodeId parent, const std::string& name) {
   std::lock_guard lk(mu_);
   auto p = find(parent);
   if (!p) return Error::from_errno(ESTALE, "unknown node");
-  auto c = child_locked(p, name, Op::modify);
+  auto c = child_locked(p, name);
   if (!c.ok()) return c.error();
   NodePtr n = *c;
   if (!n->is_dir) return Error::from_errno(ENOTDIR, n->path);
-  if (auto st = load_children(n, Op::modify); !st.ok()) return st;
+  if (auto st = load_children(n); !st.ok()) return st;
   if (!n->children.empty()) return Error::from_errno(ENOTEMPTY, n->path);
   if (n->refs[0]) {
     auto dfd = open_ref(n, 0, O_RDONLY | O_DIRECTORY, Op::modify);
@@ -800,10 +803,10 @@ Status UnionFs::rename(NodeId parent, const std::string& name, NodeId new_parent
   auto np = find(new_parent);
   if (!p || !np) return Error::from_errno(ESTALE, "unknown node");
   if (new_name.size() > NAME_MAX) return Error::from_errno(ENAMETOOLONG, new_name);
-  auto sc = child_locked(p, name, Op::modify);
+  auto sc = child_locked(p, name);
   if (!sc.ok()) return sc.error();
   NodePtr src = *sc;
-  auto dc = child_locked(np, new_name, Op::modify);
+  auto dc = child_locked(np, new_name);
   if (!dc.ok() && dc.err() != ENOENT) return dc.error();
   NodePtr dst = dc.ok() ? *dc : nullptr;
   if (dst == src) return {};
@@ -823,7 +826,7 @@ Status UnionFs::rename(NodeId parent, const std::string& name, NodeId new_parent
     if (dst->is_dir && !src->is_dir) return Error::from_errno(EISDIR, dst->path);
     if (!dst->is_dir && src->is_dir) return Error::from_errno(ENOTDIR, dst->path);
     if (dst->is_dir) {
-      if (auto st = load_children(dst, Op::modify); !st.ok()) return st;
+      if (auto st = load_children(dst); !st.ok()) return st;
       if (!dst->children.empty()) return Error::from_errno(ENOTEMPTY, dst->path);
     }
   }
@@ -951,8 +954,7 @@ Result<std::vector<DirEntry>> UnionFs::opendir_once(NodeId node) {
   if (top < 0) return Error::from_errno(ENOENT, n->path);
   // Upstream re-opens the directory's handle on opendir: ESTALE surfaces here.
   if (auto fd = open_ref(n, size_t(top), O_PATH | O_DIRECTORY, Op::opendir); !fd.ok()) return fd.error();
-  if (!n->loaded || (strategy_.get().revalidates() && children_stale(n)))
-    if (auto st = load_children(n, Op::readdir); !st.ok()) return st.error();
+  if (auto st = ensure_children(n); !st.ok()) return st.error();
   std::vector<DirEntry> out;
   out.reserve(n->children.size() + 2);
   out.push_back({".", n->ino, S_IFDIR});

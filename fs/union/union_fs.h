@@ -177,8 +177,11 @@ class UnionFs {
   Result<UniqueFd> open_top_locked(NodeId node, int flags, Op op, NodePtr* out = nullptr);
   NodePtr new_node(const std::string& path, bool is_dir);
   uint64_t ino_for(const std::string& path);
-  Result<NodePtr> child_locked(const NodePtr& parent, const std::string& name, Op op);
-  Status load_children(const NodePtr& dir, Op op);
+  Result<NodePtr> child_locked(const NodePtr& parent, const std::string& name);
+  Status load_children(const NodePtr& dir);
+  // Loads dir's children if not loaded, or reloads them if the strategy
+  // re-checks directories and a layer directory changed. Requires mu_.
+  Status ensure_children(const NodePtr& dir);
   bool children_stale(const NodePtr& dir);
   Result<UniqueFd> open_ref(const NodePtr& n, size_t layer, int flags, Op op);
   Result<struct stat> stat_locked(const NodePtr& n, Op op);
