@@ -146,14 +146,8 @@ std::string describe_run(const RunRecord& r) {
 
 int local_walk(const Settings& s, const std::string& root) {
   Recorder rec;
-  WalkOptions w;
-  w.root = root;
-  w.threads = s.threads;
-  w.dirs_in_flight = s.dirs_in_flight;
-  w.source_share = s.source_share;
-  w.seed = s.seed;
+  WalkOptions w = walk_options(s, root, 0, &stop_requested());
   w.write_buck_out = false;
-  w.stop = &stop_requested();
   auto sum = walk(w, &rec);
   auto events = rec.take();
   uint64_t errors = 0;

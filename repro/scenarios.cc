@@ -144,12 +144,19 @@ struct ScenarioCtx {
   ProbeOutcome result;
 };
 
-Status lower_refresh(ScenarioCtx& c) {
+// Picks the scenario's lower-layer file and reads it through the mount.
+Result<std::string> warm_lower_target(ScenarioCtx& c) {
   auto target = pick_lower_file(c.ss, c.rng);
   if (!target) return target.error();
   c.run.target = *target;
+  if (auto st = warm(c.ss, rel_of(*target)); !st.ok()) return st.error();
+  return *target;
+}
+
+Status lower_refresh(ScenarioCtx& c) {
+  auto target = warm_lower_target(c);
+  if (!target) return target.error();
   std::string rel = rel_of(*target);
-  if (auto st = warm(c.ss, rel); !st.ok()) return st;
   auto applied = c.ss.mutate(json::array({{{"kind", "modify"}, {"path", *target}}}));
   if (!applied) return applied.error();
   auto oid = new_oid_of(*applied, *target);
@@ -160,11 +167,9 @@ Status lower_refresh(ScenarioCtx& c) {
 }
 
 Status delete_readd(ScenarioCtx& c) {
-  auto target = pick_lower_file(c.ss, c.rng);
+  auto target = warm_lower_target(c);
   if (!target) return target.error();
-  c.run.target = *target;
   std::string rel = rel_of(*target);
-  if (auto st = warm(c.ss, rel); !st.ok()) return st;
   auto del = c.ss.mutate(json::array({{{"kind", "delete"}, {"path", *target}}}));
   if (!del) return del.error();
   if (auto st = c.ss.refresh(); !st.ok()) return st;
@@ -519,6 +524,8 @@ class Ticker {
   std::thread thread_;
 };
 
+}  // namespace
+
 WalkOptions walk_options(const Settings& s, const std::string& root, uint64_t iteration,
                          const std::atomic<bool>* stop) {
   WalkOptions w;
@@ -531,8 +538,6 @@ WalkOptions walk_options(const Settings& s, const std::string& root, uint64_t it
   w.stop = stop;
   return w;
 }
-
-}  // namespace
 
 RunRecord run_soak(const Settings& s, const std::string& strategy, int64_t duration_ms, Progress* progress) {
   RunRecord run;

@@ -10,6 +10,7 @@
 // bounded deadlines.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -24,6 +25,7 @@
 #include "repro/oracle.h"
 #include "repro/path_ops.h"
 #include "repro/report.h"
+#include "repro/walker.h"
 
 namespace antares::repro {
 
@@ -122,6 +124,10 @@ class Session {
 RunRecord run_scenario(const Settings& s, const std::string& scenario, const std::string& strategy, int rep,
                        Progress* progress);
 // A soak: the walker loops for `duration_ms` while mock-mega mutates.
+// The walker's options from the settings, for one walk of `root`.
+WalkOptions walk_options(const Settings& s, const std::string& root, uint64_t iteration,
+                         const std::atomic<bool>* stop);
+
 RunRecord run_soak(const Settings& s, const std::string& strategy, int64_t duration_ms, Progress* progress);
 // Starts under none, reproduces, switches to auto mid-walk with antares-ctl.
 RunRecord run_switch(const Settings& s, int64_t duration_ms, Progress* progress);
