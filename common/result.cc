@@ -14,4 +14,15 @@ std::string Error::describe() const {
   return s;
 }
 
+std::string exception_message(std::exception_ptr ep) {
+  std::string what = "internal error";
+  try {
+    if (ep) std::rethrow_exception(ep);
+  } catch (const std::exception& e) {
+    what += std::string(": ") + e.what();
+  } catch (...) {
+  }
+  return what;
+}
+
 }  // namespace antares

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cerrno>
+#include <exception>
 #include <string>
 #include <utility>
 #include <variant>
@@ -62,5 +63,9 @@ class [[nodiscard]] Result<void> {
 };
 
 using Status = Result<void>;
+
+// "what()" of an exception caught at a boundary (an HTTP handler), for the
+// error reply: exceptions never escape, their text is kept.
+std::string exception_message(std::exception_ptr ep);
 
 }  // namespace antares

@@ -290,14 +290,7 @@ void MockMegaServer::install_routes() {
     ++metrics_->requests[{endpoint_of(req.path), res.status}];
   });
   s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "internal error";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what += std::string(": ") + e.what();
-    } catch (...) {
-    }
-    send_error(res, 500, what);
+    send_error(res, 500, exception_message(ep));
   });
   s.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty() || endpoint_of(req.path) == "blob") return httplib::Server::HandlerResponse::Unhandled;

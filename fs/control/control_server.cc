@@ -147,14 +147,7 @@ void ControlServer::install_routes() {
     log::debug("control_request", {{"method", req.method}, {"path", req.path}, {"status", std::to_string(res.status)}});
   });
   s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "internal error";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what += std::string(": ") + e.what();
-    } catch (...) {
-    }
-    send_error(res, 500, what);
+    send_error(res, 500, exception_message(ep));
   });
   s.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
