@@ -385,15 +385,8 @@ void Invalidator::push(std::vector<KernelInvalidation> items) {
   {
     std::lock_guard lk(mu_);
     for (auto& i : items) queue_.push_back(std::move(i));
-    pushed_ += items.size();
   }
   cv_.notify_all();
-}
-
-bool Invalidator::drain(std::chrono::milliseconds timeout) {
-  std::unique_lock lk(mu_);
-  uint64_t target = pushed_;
-  return cv_.wait_for(lk, timeout, [&] { return done_ >= target || stopping_; });
 }
 
 void Invalidator::run() {
@@ -412,8 +405,6 @@ void Invalidator::run() {
     // -ENOENT: the kernel no longer knows that inode or name; nothing to drop.
     (r == 0 || r == -ENOENT ? sent_ : failed_)++;
     lk.lock();
-    ++done_;
-    cv_.notify_all();
   }
 }
 

@@ -49,8 +49,6 @@ class Invalidator {
   void push(std::vector<KernelInvalidation> items);
   uint64_t sent() const { return sent_.load(); }
   uint64_t failed() const { return failed_.load(); }
-  // Blocks until everything queued before the call was sent (bounded by timeout).
-  bool drain(std::chrono::milliseconds timeout);
 
  private:
   void run();
@@ -58,7 +56,6 @@ class Invalidator {
   std::mutex mu_;  // leaf
   std::condition_variable cv_;
   std::deque<KernelInvalidation> queue_;  // guarded by mu_
-  uint64_t pushed_ = 0, done_ = 0;        // guarded by mu_
   bool stopping_ = false;                 // guarded by mu_
   std::thread thread_;
   std::atomic<uint64_t> sent_{0}, failed_{0};

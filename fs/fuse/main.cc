@@ -344,7 +344,9 @@ nlohmann::json Daemon::status_json() {
             {"http_requests", ms.requests.load()},
             {"http_errors", ms.errors.load()},
             {"nodes", us.nodes.load()},
+            {"dir_loads", us.dir_loads.load()},
             {"dir_reloads", us.dir_reloads.load()},
+            {"change_races", us.change_races.load()},
             {"renewed_nodes", us.renewed_nodes.load()},
             {"copy_ups", us.copy_ups.load()}}}};
 }

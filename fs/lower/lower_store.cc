@@ -229,6 +229,14 @@ Status LowerStore::create_entry(int dirfd, const std::string& path, const Item& 
   return e;
 }
 
+void LowerStore::track_pending(const std::string& path, const Item& item) {
+  File& f = files_[path];
+  f.oid = item.oid;
+  f.size = item.size;
+  f.gen = next_id_++;
+  f.materialized = false;
+}
+
 void LowerStore::drop_state(const std::string& path) {
   files_.erase(path);
   dirs_.erase(path);
@@ -273,11 +281,7 @@ Status LowerStore::apply_listing(const std::string& rel, Dir& dir, const std::ve
           log::error("lower_replace_failed", {{"path", path}, {"error", s.error().describe()}});
           continue;  // left out of `next`, so the next listing tries again
         } else {
-          File& f = files_[path];  // keeps f.flight: its owner sees the new gen and retries
-          f.oid = item.oid;
-          f.size = item.size;
-          f.gen = next_id_++;
-          f.materialized = false;
+          track_pending(path, item);  // keeps the flight: its owner sees the new gen and retries
           events.push_back({Kind::replaced, path});
         }
       }
@@ -299,11 +303,7 @@ Status LowerStore::apply_listing(const std::string& rel, Dir& dir, const std::ve
     if (item.is_dir) {
       dirs_[path].id = next_id_++;
     } else {
-      File& f = files_[path];
-      f.oid = item.oid;
-      f.size = item.size;
-      f.gen = next_id_++;
-      f.materialized = false;
+      track_pending(path, item);
     }
     events.push_back({Kind::added, path});
     next[item.name] = Child{item.is_dir, item.oid};

@@ -154,6 +154,9 @@ class LowerStore {
                        std::vector<LayerChange>& events);
   Status create_entry(int dirfd, const std::string& path, const Item& item, bool replace);
   void drop_state(const std::string& path);
+  // files_[path] becomes a pending file of item's oid and size, with a new
+  // generation. Requires mu_.
+  void track_pending(const std::string& path, const Item& item);
   // f by value: the owner resets the field it came from while we wait.
   static Status wait(std::unique_lock<std::mutex>& l, std::shared_ptr<Flight> f);
   static void mark_stale(Dir& d);

@@ -168,11 +168,6 @@ Status UnionFs::init() {
   return {};
 }
 
-size_t UnionFs::node_count() const {
-  std::lock_guard lk(mu_);
-  return nodes_.size();
-}
-
 std::vector<uint64_t> UnionFs::change_epochs() const {
   std::vector<uint64_t> e;
   for (auto& l : layers_) e.push_back(l->change_epoch());

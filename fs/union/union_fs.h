@@ -143,7 +143,6 @@ class UnionFs {
   const UnionStats& stats() const { return stats_; }
   size_t layer_count() const { return layers_.size(); }
   Layer& layer(size_t i) { return *layers_[i]; }
-  size_t node_count() const;
 
  private:
   struct Node;
