@@ -168,17 +168,16 @@ Status UnionFs::init() {
   return {};
 }
 
-std::vector<uint64_t> UnionFs::change_epochs() const {
-  std::vector<uint64_t> e;
-  for (auto& l : layers_) e.push_back(l->change_epoch());
-  return e;
+uint64_t UnionFs::changes_completed() const {
+  uint64_t n = 0;
+  for (auto& l : layers_) n += l->change_epoch();
+  return n;
 }
 
-bool UnionFs::should_retry_after_change(int err, const std::vector<uint64_t>& before) {
+bool UnionFs::should_retry_after_change(int err, uint64_t changes_before) {
   if (err != ESTALE || !strategy_.get().invalidates()) return false;
-  bool raced = false;
-  for (size_t i = 0; i < layers_.size(); ++i)
-    raced |= layers_[i]->changing() > 0 || layers_[i]->change_epoch() != before[i];
+  bool raced = changes_completed() != changes_before;
+  for (auto& l : layers_) raced |= l->changing() > 0;
   if (!raced) return false;
   // A change was being applied while we used a handle: its invalidation is
   // on the way; wait for it (no lock held) and use the re-pointed handle.

@@ -158,13 +158,14 @@ class UnionFs {
   Result<std::vector<DirEntry>> opendir_once(NodeId node);
   Result<std::string> getxattr_once(NodeId node, const std::string& name);
   Result<std::string> listxattr_once(NodeId node);
-  std::vector<uint64_t> change_epochs() const;
+  // Changes the layers' owners completed so far, all layers together.
+  uint64_t changes_completed() const;
   // Strategy B: whether an ESTALE raced a change being applied (then waits for it).
-  bool should_retry_after_change(int err, const std::vector<uint64_t>& before);
+  bool should_retry_after_change(int err, uint64_t changes_before);
   // Runs op, and once more if its ESTALE raced a change (B). op locks itself.
   template <class F>
   auto retrying(F&& op) {
-    auto before = change_epochs();
+    const uint64_t before = changes_completed();
     auto r = op();
     if (should_retry_after_change(r.err(), before)) r = op();
     return r;
