@@ -26,12 +26,28 @@ NodeId node(fuse_ino_t ino) { return NodeId{ino}; }
 
 Caller caller(fuse_req_t req) {
   const fuse_ctx* ctx = fuse_req_ctx(req);
-  return Caller{ctx->uid, ctx->gid, ctx->umask};
+  Caller c{ctx->uid, ctx->gid, ctx->umask, nullptr};
+  c.in_group = [req](gid_t g) {
+    gid_t groups[256];
+    int n = fuse_req_getgroups(req, 256, groups);
+    for (int i = 0; i < n && i < 256; ++i)
+      if (groups[i] == g) return true;
+    return false;
+  };
+  return c;
 }
 
 struct DirHandle {
   std::vector<DirEntry> entries;
 };
+
+// What fuse_file_info::fh points to for an open file.
+struct OpenFile {
+  UniqueFd fd;
+  OpenDetails details;
+};
+OpenFile& file_of(const fuse_file_info* fi) { return *reinterpret_cast<OpenFile*>(fi->fh); }
+int fd_of(const fuse_file_info* fi) { return file_of(fi).fd.get(); }
 
 void reply_entry(fuse_req_t req, FuseOp op, const Result<Entry>& e) {
   auto& a = self(req);
@@ -62,6 +78,9 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   // would take a node reference per entry.
   conn->want &= ~unsigned(FUSE_CAP_READDIRPLUS);
   if (conn->capable & FUSE_CAP_SPLICE_READ) conn->want |= FUSE_CAP_SPLICE_READ;
+  // The caller's umask arrives with each create and is applied by the union
+  // (and only it): the daemon's own umask must not mask modes a second time.
+  if (conn->capable & FUSE_CAP_DONT_MASK) conn->want |= FUSE_CAP_DONT_MASK;
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -91,12 +110,14 @@ void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
   fuse_reply_none(req);
 }
 
-void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  // fstat of an open file: the object it opened, whatever its name holds now.
+  if (fi) return reply_attr(req, FuseOp::getattr, self(req).fs().fgetattr(node(ino), fd_of(fi), file_of(fi).details));
   reply_attr(req, FuseOp::getattr, prepared(req).fs().getattr(node(ino)));
 }
 
 void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
-  int fd = fi ? int(fi->fh) : -1;
+  int fd = fi ? fd_of(fi) : -1;
   reply_attr(req, FuseOp::setattr, self(req).fs().setattr(node(ino), *attr, to_set, fd));
 }
 
@@ -137,26 +158,21 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t n
   reply_status(req, FuseOp::rename, self(req).fs().rename(node(parent), name, node(newparent), newname, flags));
 }
 
-void set_open_flags(FuseAdapter& a, fuse_file_info* fi) {
-  fi->keep_cache = a.timeouts().keep_cache.load();
-  fi->noflush = 1;
-}
-
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto& a = prepared(req);
-  bool changed = false;
-  auto fd = a.fs().open(node(ino), fi->flags, &changed);
+  auto f = std::make_unique<OpenFile>();
+  auto fd = a.fs().open(node(ino), fi->flags, &f->details);
   if (!fd.ok()) return a.reply_error(req, FuseOp::open, fd.error());
-  fi->fh = uint64_t(fd->release());
-  set_open_flags(a, fi);
-  if (changed) {
-    // The kernel's pages and i_size belong to the replaced object: bypass them.
-    fi->keep_cache = 0;
-    fi->direct_io = 1;
-  }
-  if (fi->flags & (O_WRONLY | O_RDWR)) fi->keep_cache = 0;
+  f->fd = std::move(*fd);
+  // A node's pages only ever come from its one object (union_fs.h), so the
+  // kernel may keep them across opens wherever it is told of changes.
+  fi->keep_cache = a.timeouts().keep_cache.load() && !(fi->flags & (O_WRONLY | O_RDWR));
+  fi->noflush = 1;
+  fi->fh = reinterpret_cast<uint64_t>(f.get());
   a.count(FuseOp::open, 0);
-  if (fuse_reply_open(req, fi) != 0) ::close(int(fi->fh));
+  a.fs().track_open(node(ino), f->fd.get(), f->details);
+  if (fuse_reply_open(req, fi) == 0) f.release();
+  else a.fs().track_close(node(ino), f->fd.get());
 }
 
 void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
@@ -165,16 +181,20 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   if (!r.ok()) return a.reply_error(req, FuseOp::create, r.error());
   fuse_entry_param ep;
   a.fill_entry(r->first, &ep);
-  fi->fh = uint64_t(r->second.release());
+  auto f = std::make_unique<OpenFile>();
+  f->fd = std::move(r->second);
+  fi->fh = reinterpret_cast<uint64_t>(f.get());
   fi->noflush = 1;
   a.count(FuseOp::create, 0);
-  if (fuse_reply_create(req, &ep, fi) != 0) ::close(int(fi->fh));
+  a.fs().track_open(r->first.node, f->fd.get(), f->details);
+  if (fuse_reply_create(req, &ep, fi) == 0) f.release();
+  else a.fs().track_close(r->first.node, f->fd.get());
 }
 
 void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
   fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
   buf.buf[0].flags = fuse_buf_flags(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-  buf.buf[0].fd = int(fi->fh);
+  buf.buf[0].fd = fd_of(fi);
   buf.buf[0].pos = off;
   self(req).count(FuseOp::read, 0);
   fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
@@ -182,7 +202,7 @@ void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info*
 
 void op_write(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off, fuse_file_info* fi) {
   auto& a = self(req);
-  ssize_t n = ::pwrite(int(fi->fh), data, size, off);
+  ssize_t n = ::pwrite(fd_of(fi), data, size, off);
   if (n < 0) return a.reply_error(req, FuseOp::write, Error::from_errno(errno, "write"));
   a.count(FuseOp::write, 0);
   fuse_reply_write(req, size_t(n));
@@ -193,14 +213,15 @@ void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
   fuse_reply_err(req, 0);
 }
 
-void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  ::close(int(fi->fh));
+void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  self(req).fs().track_close(node(ino), fd_of(fi));
+  delete &file_of(fi);
   self(req).count(FuseOp::release, 0);
   fuse_reply_err(req, 0);
 }
 
 void op_fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
-  int r = datasync ? ::fdatasync(int(fi->fh)) : ::fsync(int(fi->fh));
+  int r = datasync ? ::fdatasync(fd_of(fi)) : ::fsync(fd_of(fi));
   if (r != 0) return self(req).reply_error(req, FuseOp::fsync, Error::from_errno(errno, "fsync"));
   self(req).count(FuseOp::fsync, 0);
   fuse_reply_err(req, 0);

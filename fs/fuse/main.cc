@@ -206,9 +206,7 @@ class LowerHooks final : public LayerHooks {
   explicit LowerHooks(LowerStore& s) : s_(s) {}
   Status before_dir(const std::string& rel) override { return s_.ensure_dir(rel); }
   Status before_open(const std::string& rel) override { return s_.ensure_file(rel); }
-  bool content_ready(const std::string& rel) override {
-    return s_.file_state(rel) != LowerStore::FileState::pending;
-  }
+  bool content_ready(uint64_t ino) override { return s_.content_ready(ino); }
   bool hidden(std::string_view name) const override { return LowerStore::is_internal_name(name); }
 
  private:
@@ -286,7 +284,6 @@ Status Daemon::refresh(const std::string& path) {
   while (!rel.empty() && rel.back() == '/') rel.pop_back();
   lower_->expire(rel);
   if (cl_) {
-    Layer::ChangeScope scope(fs_->layer(cl_layer_));
     auto r = cl_->resync();
     if (!r.ok()) return r.error();
     if (*r) cl_resyncs_++;
@@ -298,11 +295,7 @@ void Daemon::cl_poll_loop() {
   std::unique_lock lk(poll_mu_);
   while (!poll_cv_.wait_for(lk, opts_.ttl, [&] { return stopping_; })) {
     lk.unlock();
-    Result<bool> r = false;
-    {
-      Layer::ChangeScope scope(fs_->layer(cl_layer_));
-      r = cl_->resync();
-    }
+    Result<bool> r = cl_->resync();
     if (!r.ok()) {
       cl_errors_++;
       log::warn("cl_resync_failed", {{"cl", opts_.cl}, {"error", r.error().describe()}});
@@ -463,8 +456,16 @@ int Daemon::run() {
   fs_->set_identity_observer([this](NodeId n) {
     if (slot_->get().invalidates()) invalidator_.push({{KernelInvalidation::Kind::inode, n, {}}});
   });
-  lower_->set_listener([this](const std::vector<LayerChange>& c) { on_change(lower_layer_, c); });
-  if (cl_) cl_->set_listener([this](const std::vector<LayerChange>& c) { on_change(cl_layer_, c); });
+  // Each owner brackets its real changes, so B waits only for those.
+  auto listener_for = [this](size_t layer) {
+    return LayerChangeListener{[this, layer] { fs_->layer(layer).begin_change(); },
+                               [this, layer](const std::vector<LayerChange>& c) {
+                                 on_change(layer, c);
+                                 fs_->layer(layer).end_change();
+                               }};
+  };
+  lower_->set_listener(listener_for(lower_layer_));
+  if (cl_) cl_->set_listener(listener_for(cl_layer_));
   adapter_ = std::make_unique<FuseAdapter>(*fs_, timeouts_);
 
   std::vector<std::string> argv_s = {"antares-fs", "-o",
@@ -484,7 +485,7 @@ int Daemon::run() {
   // Threads start after daemonizing: fork keeps only the calling thread.
   fuse_daemonize(opts_.foreground ? 1 : 0);
   invalidator_.start(se);
-  if (auto st = watcher_.start(opts_.upper, [this](const std::vector<LayerChange>& c) { on_change(0, c); }); !st.ok())
+  if (auto st = watcher_.start(opts_.upper, {nullptr, [this](const std::vector<LayerChange>& c) { on_change(0, c); }}); !st.ok())
     log::warn("upper_watch_unavailable", {{"error", st.error().describe()}});
   else {
     fs_->set_upper_dir_observer([this](const std::string& rel) { watcher_.watch(rel); });

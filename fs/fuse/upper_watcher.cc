@@ -102,7 +102,7 @@ void UpperWatcher::drain() {
     }
     if (!changes.empty()) {
       events_ += changes.size();
-      listener_(changes);
+      listener_.end(changes);
     }
   }
 }

@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstring>
 #include <vector>
 
@@ -92,13 +93,13 @@ size_t HandleCache::size() const {
   return map_.size();
 }
 
-Layer::ChangeScope::~ChangeScope() {
+void Layer::end_change() {
   {
-    std::lock_guard lk(l_.quiet_mu_);
-    l_.epoch_++;
-    l_.changing_--;
+    std::lock_guard lk(quiet_mu_);
+    epoch_++;
+    changing_--;
   }
-  l_.quiet_cv_.notify_all();
+  quiet_cv_.notify_all();
 }
 
 bool Layer::wait_quiet(std::chrono::milliseconds timeout) {
@@ -125,20 +126,29 @@ Result<std::unique_ptr<Layer>> Layer::open(std::string name, const std::string& 
 }
 
 Result<LayerRef> Layer::resolve_at(int dirfd, const std::string& dir_rel, const std::string& name) {
-  auto stx = statx_at(dirfd, name);
-  if (!stx.ok()) return stx.error();
   LayerRef ref;
   ref.path = name.empty() ? dir_rel : join_path(dir_rel, name);
-  ref.id = identity_of(*stx);
-  ref.type = stx->stx_mode & S_IFMT;
-  ref.handle = cache_.get(ref.id);
-  if (!ref.handle) {
+  for (int attempt = 0;; ++attempt) {
+    auto stx = statx_at(dirfd, name);
+    if (!stx.ok()) return stx.error();
+    ref.id = identity_of(*stx);
+    ref.type = stx->stx_mode & S_IFMT;
+    ref.handle = cache_.get(ref.id);
+    if (ref.handle) return ref;
     auto h = FileHandle::of(dirfd, name);
     if (!h.ok()) return h.error();
-    ref.handle = *h;
-    cache_.put(ref.id, ref.handle);
+    // The name may have been replaced between the statx and the handle: the
+    // handle is the identity's only if the name still shows that identity.
+    auto again = statx_at(dirfd, name);
+    if (!again.ok()) return again.error();
+    if (identity_of(*again) == ref.id) {
+      ref.handle = *h;
+      cache_.put(ref.id, ref.handle);
+      return ref;
+    }
+    if (attempt == 3)
+      return Error::from_errno(ESTALE, "resolve " + name_ + ":/" + ref.path + ": kept being replaced");
   }
-  return ref;
 }
 
 Result<LayerRef> Layer::resolve(const std::string& rel) {
@@ -156,16 +166,37 @@ Result<UniqueFd> Layer::open_handle(const LayerRef& ref, int flags) {
   return fd;
 }
 
-Result<UniqueFd> Layer::open_path(const std::string& rel, int flags) {
+namespace {
+int openat2_beneath(int dirfd, const char* path, int flags) {
   struct open_how how;
   std::memset(&how, 0, sizeof how);
   how.flags = uint64_t(flags | O_NOFOLLOW | O_CLOEXEC);
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-  const char* p = rel.empty() ? "." : rel.c_str();
   int fd;
   do {
-    fd = int(::syscall(SYS_openat2, root_fd_.get(), p, &how, sizeof how));
+    fd = int(::syscall(SYS_openat2, dirfd, path, &how, sizeof how));
   } while (fd < 0 && errno == EAGAIN);
+  return fd;
+}
+}  // namespace
+
+Result<UniqueFd> Layer::open_path(const std::string& rel, int flags) {
+  // The kernel takes at most PATH_MAX bytes per call; a deeper path (legal:
+  // callers reach it through directory fds) is opened a piece at a time.
+  constexpr size_t kPiece = PATH_MAX / 2;
+  UniqueFd dir;
+  size_t start = 0;
+  while (rel.size() - start >= kPiece) {
+    size_t cut = rel.rfind('/', start + kPiece);
+    if (cut == std::string::npos || cut <= start) return Error::from_errno(ENAMETOOLONG, "/" + rel);
+    std::string piece = rel.substr(start, cut - start);
+    int fd = openat2_beneath(dir.valid() ? dir.get() : root_fd_.get(), piece.c_str(), O_PATH | O_DIRECTORY);
+    if (fd < 0) return sys_error(("openat2 " + name_ + ":").c_str(), "/" + rel.substr(0, cut));
+    dir = UniqueFd(fd);
+    start = cut + 1;
+  }
+  const char* p = start == rel.size() ? "." : rel.c_str() + start;
+  int fd = openat2_beneath(dir.valid() ? dir.get() : root_fd_.get(), p, flags);
   if (fd < 0) return sys_error(("openat2 " + name_ + ":").c_str(), "/" + rel);
   return UniqueFd(fd);
 }

@@ -91,10 +91,10 @@ class LayerHooks {
   virtual Status before_dir(const std::string& /*rel*/) { return {}; }
   // Before a regular file is opened for reading: e.g. fetch its content.
   virtual Status before_open(const std::string& /*rel*/) { return {}; }
-  // After an open for reading: false if what was opened may be a placeholder
-  // whose content is still being fetched (a refresh replaced the file between
-  // before_open and the open); the union then retries.
-  virtual bool content_ready(const std::string& /*rel*/) { return true; }
+  // After before_open and an open of inode `ino` of this layer: false if that
+  // inode is a placeholder whose content never arrived (an older version
+  // replaced before it was fetched). The union then never serves it.
+  virtual bool content_ready(uint64_t /*ino*/) { return true; }
   // Names the owner keeps in the directory for itself (temporary files).
   virtual bool hidden(std::string_view /*name*/) const { return false; }
 };
@@ -114,20 +114,14 @@ class Layer {
   LayerHooks& hooks() { return *hooks_; }
   HandleCache& cache() { return cache_; }
 
-  // The owner brackets every change it makes to the directory (a refresh, a
-  // re-sync) with a ChangeScope, delivering its change events inside it. A
-  // handle use that met ESTALE while a change was in flight, or across one,
-  // can then wait for the change's invalidations and retry (strategy B).
-  class ChangeScope {
-   public:
-    explicit ChangeScope(Layer& l) : l_(l) { l_.changing_++; }
-    ~ChangeScope();
-    ChangeScope(const ChangeScope&) = delete;
-    ChangeScope& operator=(const ChangeScope&) = delete;
-
-   private:
-    Layer& l_;
-  };
+  // The owner brackets every change it makes to the directory (a refresh or
+  // re-sync that changes something) between begin_change() and end_change(),
+  // delivering its change events in between. A handle use that met ESTALE
+  // while a change was in flight, or across one, can then wait for the
+  // change's invalidations and retry (strategy B). begin_change() is a
+  // counter bump, safe under any lock.
+  void begin_change() { changing_++; }
+  void end_change();
   // Completed changes so far; with changing() > 0, one is in flight.
   uint64_t change_epoch() const { return epoch_.load(); }
   int changing() const { return changing_.load(); }
@@ -135,14 +129,17 @@ class Layer {
   bool wait_quiet(std::chrono::milliseconds timeout);
 
   // statx + handle of `name` in the open directory `dirfd`, whose layer path is
-  // dir_rel. The handle comes from the cache when the identity is known.
+  // dir_rel. The handle comes from the cache when the identity is known;
+  // otherwise it is taken between two statx calls that must agree, so a name
+  // replaced meanwhile never pairs one object's identity with another's handle.
   Result<LayerRef> resolve_at(int dirfd, const std::string& dir_rel, const std::string& name);
   // The same for a path beneath the root, resolved without following symlinks.
   Result<LayerRef> resolve(const std::string& rel);
   // Opens what ref's handle denotes (the upstream way: no ESTALE handling).
   Result<UniqueFd> open_handle(const LayerRef& ref, int flags);
   // Opens rel beneath the root: openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS,
-  // O_NOFOLLOW: always the object currently at that path.
+  // O_NOFOLLOW: always the object currently at that path. A path longer than
+  // the kernel's PATH_MAX is walked in pieces, each beneath the last.
   Result<UniqueFd> open_path(const std::string& rel, int flags);
 
  private:

@@ -19,11 +19,15 @@ class NoneStrategy final : public HandleStrategy {
   bool invalidates() const override { return false; }
 };
 
-// Recover on ESTALE; shared by A and auto.
+// Recover on ESTALE; shared by A and auto. A directory's handle is
+// re-resolved from its path. A file's ESTALE goes up: its node is retired and
+// the kernel's re-walk meets the file's new node (see union_fs.h), so a node's
+// pages never mix two objects.
 Result<UniqueFd> open_recovering(Layer& layer, LayerRef& ref, int flags, StrategyStats* stats) {
   auto fd = layer.open_handle(ref, flags);
   if (fd.err() != ESTALE) return fd;
   layer.cache().erase(ref.id);
+  if (ref.type != S_IFDIR) return fd;
   auto fresh = layer.resolve(ref.path);
   if (!fresh.ok()) {
     if (fresh.err() == ENOENT || fresh.err() == ENOTDIR || fresh.err() == ELOOP) {
@@ -75,14 +79,22 @@ class PathStrategy final : public HandleStrategy {
   std::string_view name() const override { return "C"; }
   Result<UniqueFd> open(Layer& layer, LayerRef& ref, int flags) const override {
     auto fd = layer.open_path(ref.path, flags);
-    // Keep the ref's identity current: the union compares it with what the
-    // kernel was told, to renew node ids and bypass stale kernel caches.
-    if (fd.ok())
-      if (auto stx = statx_at(fd->get(), ""); stx.ok()) {
-        ref.id = identity_of(*stx);
-        ref.type = stx->stx_mode & S_IFMT;
-      }
-    return fd;
+    // A file's object gone from its path is as stale as a stale handle: the
+    // union retires the node and the kernel's re-walk answers for the name.
+    if (fd.err() == ENOENT && ref.type != S_IFDIR)
+      return Error::from_errno(ESTALE, layer.name() + ":/" + ref.path + " is gone");
+    if (!fd.ok()) return fd;
+    auto stx = statx_at(fd->get(), "");
+    if (!stx.ok()) return stx.error();
+    const Identity now = identity_of(*stx);
+    if (now == ref.id) return fd;
+    // Another object at the path: a directory is followed; a file's node
+    // stands for the object it was made for (ESTALE: the union retires it).
+    if (ref.type == S_IFDIR && S_ISDIR(stx->stx_mode)) {
+      ref.id = now;
+      return fd;
+    }
+    return Error::from_errno(ESTALE, layer.name() + ":/" + ref.path + " is another object now");
   }
   bool revalidates() const override { return true; }
   bool invalidates() const override { return false; }

@@ -44,14 +44,20 @@ void ClBuilder::set_listener(LayerChangeListener listener) {
   listener_ = std::move(listener);
 }
 
-void ClBuilder::emit(const std::vector<LayerChange>& events) {
-  if (events.empty()) return;
-  LayerChangeListener listener;
-  {
-    std::lock_guard l(listener_mu_);
-    listener = listener_;
-  }
-  if (listener) listener(events);
+LayerChangeListener ClBuilder::listener() {
+  std::lock_guard l(listener_mu_);
+  return listener_;
+}
+
+void ClBuilder::begin_change(LayerChangeListener& l, bool& begun) {
+  if (begun) return;
+  l = listener();
+  begun = true;
+  if (l.begin) l.begin();
+}
+
+void ClBuilder::end_change(LayerChangeListener& l, bool begun, const std::vector<LayerChange>& events) {
+  if (begun && l) l.end(events);
 }
 
 Result<ClBuilder::List> ClBuilder::fetch_list() {
@@ -132,22 +138,25 @@ Status ClBuilder::write_entry(int root_fd, const std::string& path, const Want& 
 
 Status ClBuilder::build() {
   std::vector<LayerChange> events;
+  LayerChangeListener listener;
+  bool begun = false;
   Status s;
   {
     std::lock_guard l(mu_);
-    s = build_locked(events);
+    s = build_locked(events, listener, begun);
   }
-  emit(events);
+  end_change(listener, begun, events);
   return s;
 }
 
-Status ClBuilder::build_locked(std::vector<LayerChange>& events) {
+Status ClBuilder::build_locked(std::vector<LayerChange>& events, LayerChangeListener& listener, bool& begun) {
   // Everything remote first: a failure must leave the directory untouched.
   auto list = fetch_list();
   if (!list) return list.error();
   auto blobs = fetch_blobs(*list, nullptr);
   if (!blobs) return blobs.error();
 
+  begin_change(listener, begun);
   mirror::Fd root(::open(cl_dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!root.valid()) return mirror::errno_error("open cl dir", cl_dir_);
   if (last_) {
@@ -179,11 +188,13 @@ Status ClBuilder::build_locked(std::vector<LayerChange>& events) {
 
 Result<bool> ClBuilder::resync() {
   std::vector<LayerChange> events;
+  LayerChangeListener listener;
+  bool begun = false;
   Result<bool> result = false;
   {
     std::lock_guard l(mu_);
     if (!last_) {
-      Status s = build_locked(events);
+      Status s = build_locked(events, listener, begun);
       result = s ? Result<bool>(true) : Result<bool>(s.error());
     } else {
       result = [&]() -> Result<bool> {
@@ -196,6 +207,7 @@ Result<bool> ClBuilder::resync() {
         auto blobs = fetch_blobs(*list, &*last_);
         if (!blobs) return blobs.error();
 
+        begin_change(listener, begun);
         mirror::Fd root(::open(cl_dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
         if (!root.valid()) return mirror::errno_error("open cl dir", cl_dir_);
         List now;
@@ -230,7 +242,7 @@ Result<bool> ClBuilder::resync() {
       }();
     }
   }
-  emit(events);
+  end_change(listener, begun, events);
   return result;
 }
 

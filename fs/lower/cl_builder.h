@@ -72,8 +72,13 @@ class ClBuilder {
   // the topmost parent directory this made ("" if none).
   Status write_entry(int root_fd, const std::string& path, const Want& want,
                      const std::map<Oid, std::string>& blobs, bool replace, std::string* created_dir);
-  Status build_locked(std::vector<LayerChange>& events);
-  void emit(const std::vector<LayerChange>& events);
+  // Requires mu_. Calls begin_change before the first change to the directory.
+  Status build_locked(std::vector<LayerChange>& events, LayerChangeListener& listener, bool& begun);
+  LayerChangeListener listener();
+  // begin() of the listener once per batch, before the first change on disk.
+  void begin_change(LayerChangeListener& l, bool& begun);
+  // end(events) of a batch that began; called with mu_ released.
+  static void end_change(LayerChangeListener& l, bool begun, const std::vector<LayerChange>& events);
 
   remote::MegaClient& mega_;
   const std::string cl_id_;

@@ -100,7 +100,14 @@ TEST_F(ClBuilderLive, ResyncReplacesOnlyWhatChanged) {
   std::map<std::string, ino_t> inodes;
   for (const auto& f : list()) inodes[f.path] = lstat_of(at(f.path))->st_ino;
   std::vector<LayerChange> events;
-  builder.set_listener([&](const std::vector<LayerChange>& ev) { events.insert(events.end(), ev.begin(), ev.end()); });
+  int begins = 0, ends = 0;
+  builder.set_listener({[&] { begins++; },
+                        [&](const std::vector<LayerChange>& ev) {
+                          events.insert(events.end(), ev.begin(), ev.end());
+                          ends++;
+                        }});
+  ASSERT_TRUE(builder.resync().ok());
+  EXPECT_EQ(begins + ends, 0) << "a re-sync that changes nothing is no change";
 
   // The old handle of a file that is about to be replaced.
   alignas(struct file_handle) char buf[sizeof(struct file_handle) + MAX_HANDLE_SZ];

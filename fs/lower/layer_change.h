@@ -19,8 +19,17 @@ struct LayerChange {
   std::string path;  // relative to the layer root, no leading '/': "a/b/BUCK"
 };
 
-// Called after the changes are applied to the backing directory, from the
-// thread that applied them, with no lock of the caller held. Must not block.
-using LayerChangeListener = std::function<void(const std::vector<LayerChange>&)>;
+// How a layer's owner reports a batch of changes to its backing directory.
+// begin() is called before the first change of a batch is made, end(changes)
+// after the last one, from the same thread; every begin() is followed by
+// exactly one end(). begin() may run under the owner's lock and must only
+// bump a counter; end() runs with no lock of the owner held and must not
+// block. Owners call neither when a refresh or re-sync changes nothing, so a
+// request that met ESTALE waits only for changes that really happen.
+struct LayerChangeListener {
+  std::function<void()> begin;
+  std::function<void(const std::vector<LayerChange>&)> end;
+  explicit operator bool() const { return bool(end); }
+};
 
 }  // namespace antares::fs

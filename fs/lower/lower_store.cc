@@ -120,6 +120,7 @@ Status LowerStore::ensure_dir(const std::string& rel) {
 
   std::vector<LayerChange> events;
   Status result;
+  bool changing = false;
   l.lock();
   auto cur_it = dirs_.find(rel);
   Dir* cur = cur_it != dirs_.end() && cur_it->second.id == id ? &cur_it->second : nullptr;
@@ -138,6 +139,10 @@ Status LowerStore::ensure_dir(const std::string& rel) {
       result = remote_error(items.error(), "list " + repo_path(rel), /*keep_enoent=*/true);
     }
   } else {
+    // Tell the filesystem before the first rename: a request that meets a
+    // stale handle from here on waits for this batch's invalidations.
+    changing = listener_ && listing_differs(cur->children, *items);
+    if (changing && listener_.begin) listener_.begin();
     result = apply_listing(rel, *cur, *items, events);
     if (result) {
       ++stats_.listings_fetched;
@@ -148,10 +153,19 @@ Status LowerStore::ensure_dir(const std::string& rel) {
   }
   if (cur && cur->flight == flight) cur->flight.reset();
   finish(flight, result);
-  LayerChangeListener listener = events.empty() ? nullptr : listener_;
+  LayerChangeListener listener = changing ? listener_ : LayerChangeListener{};
   l.unlock();
-  if (listener) listener(events);
+  if (listener) listener.end(events);
   return result;
+}
+
+bool LowerStore::listing_differs(const std::map<std::string, Child>& old, const std::vector<Item>& items) {
+  if (old.size() != items.size()) return true;
+  for (const auto& item : items) {
+    auto o = old.find(item.name);
+    if (o == old.end() || o->second.is_dir != item.is_dir || o->second.oid != item.oid) return true;
+  }
+  return false;
 }
 
 Result<std::vector<LowerStore::Item>> LowerStore::fetch_listing(const std::string& rel,
@@ -191,8 +205,14 @@ Result<std::vector<LowerStore::Item>> LowerStore::fetch_listing(const std::strin
   return items;
 }
 
-Status LowerStore::create_entry(int dirfd, const std::string& path, const Item& item, bool replace) {
+Status LowerStore::create_entry(int dirfd, const std::string& path, const Item& item, bool replace, uint64_t* ino) {
   const std::string name = item.name;
+  auto note_ino = [&](int fd) {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) return false;
+    *ino = st.st_ino;
+    return true;
+  };
   if (item.is_dir) {
     if (::mkdirat(dirfd, name.c_str(), 0755) == 0) return {};
     if (errno != EEXIST) return mirror::errno_error("mkdir", path);
@@ -204,7 +224,8 @@ Status LowerStore::create_entry(int dirfd, const std::string& path, const Item& 
   if (!replace) {
     mirror::Fd fd(::openat(dirfd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
     if (fd.valid()) {
-      if (::fchmod(fd.get(), 0644) != 0 || ::ftruncate(fd.get(), static_cast<off_t>(item.size)) != 0)
+      if (::fchmod(fd.get(), 0644) != 0 || ::ftruncate(fd.get(), static_cast<off_t>(item.size)) != 0 ||
+          !note_ino(fd.get()))
         return mirror::errno_error("create placeholder", path);
       return {};
     }
@@ -213,7 +234,7 @@ Status LowerStore::create_entry(int dirfd, const std::string& path, const Item& 
   // Replace atomically: the old inode is gone the moment the new one appears.
   auto tmp = mirror::create_temp_file(dirfd, 0644);
   if (!tmp) return tmp.error();
-  if (::ftruncate(tmp->first.get(), static_cast<off_t>(item.size)) != 0) {
+  if (::ftruncate(tmp->first.get(), static_cast<off_t>(item.size)) != 0 || !note_ino(tmp->first.get())) {
     Error e = mirror::errno_error("truncate placeholder", path);
     ::unlinkat(dirfd, tmp->second.c_str(), 0);
     return e;
@@ -229,12 +250,21 @@ Status LowerStore::create_entry(int dirfd, const std::string& path, const Item& 
   return e;
 }
 
-void LowerStore::track_pending(const std::string& path, const Item& item) {
+void LowerStore::track_pending(const std::string& path, const Item& item, uint64_t ino) {
   File& f = files_[path];
   f.oid = item.oid;
   f.size = item.size;
   f.gen = next_id_++;
+  f.ino = ino;
   f.materialized = false;
+  // A replaced placeholder that was never filled stays pending for good: an
+  // fd or handle that still reaches it must never be served its zeros.
+  pending_inos_.insert(ino);
+}
+
+bool LowerStore::content_ready(uint64_t ino) const {
+  std::lock_guard l(mu_);
+  return !pending_inos_.count(ino);
 }
 
 void LowerStore::drop_state(const std::string& path) {
@@ -253,6 +283,20 @@ Status LowerStore::apply_listing(const std::string& rel, Dir& dir, const std::ve
   if (!dirfd) return local_error(dirfd.error(), "lower: open mirror dir");
   const int fd = dirfd->get();
   using Kind = LayerChange::Kind;
+  // Writing out a directory's first listing is not a change of the
+  // directory: its mtime stays the one it got when it appeared.
+  struct stat first {};
+  const bool keep_mtime = !dir.listed && ::fstat(fd, &first) == 0;
+  struct RestoreMtime {
+    int fd;
+    bool on;
+    struct timespec mtime;
+    ~RestoreMtime() {
+      if (!on) return;
+      const struct timespec ts[2] = {{0, UTIME_OMIT}, mtime};
+      ::utimensat(AT_FDCWD, ("/proc/self/fd/" + std::to_string(fd)).c_str(), ts, 0);
+    }
+  } restore{fd, keep_mtime, first.st_mtim};
 
   std::map<std::string, Child> next;
   std::set<std::string_view> listed;
@@ -277,11 +321,13 @@ Status LowerStore::apply_listing(const std::string& rel, Dir& dir, const std::ve
         if (item.is_dir) {
           // Same inode, new content: only its listing is out of date.
           if (auto d = dirs_.find(path); d != dirs_.end()) mark_stale(d->second);
-        } else if (auto s = create_entry(fd, path, item, /*replace=*/true); !s) {
-          log::error("lower_replace_failed", {{"path", path}, {"error", s.error().describe()}});
-          continue;  // left out of `next`, so the next listing tries again
         } else {
-          track_pending(path, item);  // keeps the flight: its owner sees the new gen and retries
+          uint64_t ino = 0;
+          if (auto st = create_entry(fd, path, item, /*replace=*/true, &ino); !st) {
+            log::error("lower_replace_failed", {{"path", path}, {"error", st.error().describe()}});
+            continue;  // left out of `next`, so the next listing tries again
+          }
+          track_pending(path, item, ino);  // keeps the flight: its owner sees the new gen and retries
           events.push_back({Kind::replaced, path});
         }
       }
@@ -296,14 +342,15 @@ Status LowerStore::apply_listing(const std::string& rel, Dir& dir, const std::ve
       drop_state(path);
       events.push_back({Kind::removed, path});
     }
-    if (auto s = create_entry(fd, path, item, /*replace=*/false); !s) {
+    uint64_t ino = 0;
+    if (auto s = create_entry(fd, path, item, /*replace=*/false, &ino); !s) {
       log::error("lower_create_failed", {{"path", path}, {"error", s.error().describe()}});
       continue;
     }
     if (item.is_dir) {
       dirs_[path].id = next_id_++;
     } else {
-      track_pending(path, item);
+      track_pending(path, item, ino);
     }
     events.push_back({Kind::added, path});
     next[item.name] = Child{item.is_dir, item.oid};
@@ -369,7 +416,14 @@ Status LowerStore::ensure_file(const std::string& rel) {
     }
     l.unlock();
     // In place (no O_TRUNC, no rename): handles to the placeholder stay valid.
-    Status w = mirror::write_whole(fd.get(), *blob, rel);
+    // Its mtime stays the version's: filling in bytes is not a change.
+    struct stat before {};
+    Status w = ::fstat(fd.get(), &before) == 0 ? mirror::write_whole(fd.get(), *blob, rel)
+                                               : Status(mirror::errno_error("stat placeholder", rel));
+    if (w) {
+      const struct timespec ts[2] = {{0, UTIME_OMIT}, before.st_mtim};
+      if (::futimens(fd.get(), ts) != 0) w = mirror::errno_error("restore mtime", rel);
+    }
     fd.reset();
     l.lock();
     if (!w) {
@@ -384,6 +438,7 @@ Status LowerStore::ensure_file(const std::string& rel) {
     f = &cur->second;
     if (f->gen != gen) continue;  // our bytes went to the replaced (unlinked) inode
     f->materialized = true;
+    pending_inos_.erase(f->ino);
     result = {};
     break;
   }

@@ -42,6 +42,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "common/clock.h"
@@ -103,10 +104,17 @@ class LowerStore {
   // files: the filesystem must hide them from readdir and lookup.
   static bool is_internal_name(std::string_view name);
 
-  // Receives the changes each refresh applied, after they are on disk, from
-  // the thread that applied them, with no store lock held. Events of two
-  // concurrent refreshes (of different directories) may interleave.
+  // Receives the changes each refresh applies (see LayerChangeListener): begin
+  // under the store's lock just before a listing that differs from the last
+  // is applied, end with the changes once they are on disk and the lock is
+  // released. Batches of two concurrent refreshes (of different directories)
+  // may interleave.
   void set_listener(LayerChangeListener listener);
+
+  // False while inode `ino` of the mirror is a placeholder whose bytes were
+  // never written (including placeholders replaced before they were filled):
+  // whoever opened it must not serve it. True for every other inode.
+  bool content_ready(uint64_t ino) const;
 
   enum class FileState { untracked, pending, materialized };
   // What the store knows about `rel` (tests, `antares-ctl`).
@@ -139,6 +147,7 @@ class LowerStore {
     Oid oid;
     uint64_t size = 0;
     uint64_t gen = 0;  // bumped whenever the name is given a new placeholder
+    uint64_t ino = 0;  // the placeholder's inode
     bool materialized = false;
     std::shared_ptr<Flight> flight;  // kept across replacements: its owner retries
   };
@@ -149,14 +158,16 @@ class LowerStore {
     uint64_t size = 0;  // files that are new or changed
   };
 
+  static bool listing_differs(const std::map<std::string, Child>& old, const std::vector<Item>& items);
   Result<std::vector<Item>> fetch_listing(const std::string& rel, const std::map<std::string, Child>& old);
   Status apply_listing(const std::string& rel, Dir& dir, const std::vector<Item>& items,
                        std::vector<LayerChange>& events);
-  Status create_entry(int dirfd, const std::string& path, const Item& item, bool replace);
+  // *ino: the new placeholder's inode (files).
+  Status create_entry(int dirfd, const std::string& path, const Item& item, bool replace, uint64_t* ino);
   void drop_state(const std::string& path);
   // files_[path] becomes a pending file of item's oid and size, with a new
-  // generation. Requires mu_.
-  void track_pending(const std::string& path, const Item& item);
+  // generation, at inode ino. Requires mu_.
+  void track_pending(const std::string& path, const Item& item, uint64_t ino);
   // f by value: the owner resets the field it came from while we wait.
   static Status wait(std::unique_lock<std::mutex>& l, std::shared_ptr<Flight> f);
   static void mark_stale(Dir& d);
@@ -177,6 +188,7 @@ class LowerStore {
   mutable std::mutex mu_;
   std::map<std::string, Dir> dirs_;    // guarded by mu_
   std::map<std::string, File> files_;  // guarded by mu_
+  std::unordered_set<uint64_t> pending_inos_;  // guarded by mu_; see content_ready
   uint64_t next_id_ = 1;               // guarded by mu_; dir ids and file generations
   LayerChangeListener listener_;       // guarded by mu_; copied out before calling
 };

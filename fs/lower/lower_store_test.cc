@@ -11,6 +11,7 @@
 
 #include <dirent.h>
 
+#include <atomic>
 #include <cstring>
 #include <set>
 #include <thread>
@@ -63,11 +64,14 @@ void ensure_parents(LowerStore& store, const std::string& rel) {
 struct Recorder {
   std::mutex mu;
   std::vector<LayerChange> events;
+  std::atomic<int> begins{0}, ends{0};
   LayerChangeListener listener() {
-    return [this](const std::vector<LayerChange>& ev) {
-      std::lock_guard l(mu);
-      events.insert(events.end(), ev.begin(), ev.end());
-    };
+    return {[this] { begins++; },
+            [this](const std::vector<LayerChange>& ev) {
+              std::lock_guard l(mu);
+              events.insert(events.end(), ev.begin(), ev.end());
+              ends++;
+            }};
   }
   bool has(Kind k, const std::string& path) {
     std::lock_guard l(mu);
@@ -269,6 +273,12 @@ TEST_F(LowerStoreLive, RefreshReplacesChangedFileSoOldHandlesGoStale) {
     ASSERT_TRUE(fd.valid()) << "open_by_handle_at needs CAP_DAC_READ_SEARCH: " << strerror(errno);
   }
 
+  // A refresh that finds nothing new is no change: no batch is announced.
+  const int begins = rec.begins;
+  clock.advance(kTtl);
+  ASSERT_TRUE(store.ensure_dir(parent).ok());
+  EXPECT_EQ(rec.begins, begins);
+
   ASSERT_TRUE(mega.mutate({{"kind", "modify"}, {"path", "/" + rel}}));
   // Before the TTL nothing moves.
   ASSERT_TRUE(store.ensure_dir(parent).ok());
@@ -276,6 +286,8 @@ TEST_F(LowerStoreLive, RefreshReplacesChangedFileSoOldHandlesGoStale) {
 
   clock.advance(kTtl);
   ASSERT_TRUE(store.ensure_dir(parent).ok());
+  EXPECT_EQ(rec.begins, begins + 1) << "the changing refresh is announced once";
+  EXPECT_EQ(rec.ends.load(), rec.begins.load());
   auto after = lstat_of(mirror(rel));
   ASSERT_TRUE(after);
   EXPECT_NE(after->st_ino, before->st_ino) << "a changed file is replaced, not rewritten";

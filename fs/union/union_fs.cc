@@ -132,9 +132,8 @@ struct UnionFs::Node {
   };
   std::vector<std::optional<DirStamp>> stamps;  // each layer dir's inode and mtime at load
   uint64_t nlookup = 0;
-  Identity announced;  // the top object's identity when the kernel last got this node
-  Identity opened;     // the object the kernel's cached pages came from
-  Identity attr_id;    // the object whose attributes the kernel was last given
+  bool retired = false;              // its object was replaced or removed (fixes only)
+  std::vector<std::string> aliases;  // hard links: the node's names besides path
 
   int top() const {
     for (size_t i = 0; i < refs.size(); ++i)
@@ -249,9 +248,38 @@ Result<UniqueFd> UnionFs::open_ref(const NodePtr& n, size_t layer, int flags, Op
   if (layer >= n->refs.size() || !n->refs[layer]) return Error::from_errno(ENOENT, "no such layer object");
   const Identity before = n->refs[layer]->id;
   auto fd = strategy_.get().open(*layers_[layer], *n->refs[layer], flags);
-  if (fd.err() == ESTALE) log_estale(n, layer, op, n->path);
+  if (fd.err() == ESTALE) on_estale(n, layer, op);
+  // Only directories are re-pointed (see the class comment).
   if (n->refs[layer] && !(n->refs[layer]->id == before) && identity_observer_) identity_observer_(n->id);
   return fd;
+}
+
+void UnionFs::on_estale(const NodePtr& n, size_t layer, Op op) {
+  const HandleStrategy& s = strategy_.get();
+  if (s.revalidates() || s.invalidates()) {
+    retire(n);
+    return;
+  }
+  log_estale(n, layer, op, n->path);
+}
+
+void UnionFs::retire(const NodePtr& n) {
+  if (n == root_) return;
+  if (!n->retired) {
+    n->retired = true;
+    stats_.retired_nodes++;
+    log::debug("node_retired", {{"path", n->path.empty() ? "/" : n->path}, {"node", std::to_string(raw(n->id))}});
+  }
+  // The next lookup of each of its names loads afresh and finds the new object.
+  std::vector<std::string> names = n->aliases;
+  names.push_back(n->path);
+  for (const auto& name : names) {
+    auto [parent_path, leaf] = split_parent(name);
+    auto dir = walk_locked(parent_path, false);
+    if (!dir.ok()) continue;
+    auto it = (*dir)->children.find(leaf);
+    if (it != (*dir)->children.end() && it->second == n) (*dir)->loaded = false;
+  }
 }
 
 Status UnionFs::run_dir_hooks(NodeId node) {
@@ -267,11 +295,7 @@ Status UnionFs::run_dir_hooks(NodeId node) {
     // The owner keeps serving what it has when a refresh fails; an error here
     // means it has nothing for this directory (never fetched): the operation
     // that needed it fails with that error (EIO, ETIMEDOUT), nothing is cached.
-    Status st;
-    {
-      Layer::ChangeScope scope(*layers_[i]);
-      st = layers_[i]->hooks().before_dir(path);
-    }
+    Status st = layers_[i]->hooks().before_dir(path);
     if (!st.ok() && st.err() != ENOENT) {
       log::warn("layer_dir_unavailable", {{"layer", layers_[i]->name()}, {"path", path}, {"error", st.error().describe()}});
       return st;
@@ -358,20 +382,28 @@ Status UnionFs::load_children(const NodePtr& dir) {
         const NodePtr& prev = o->second;
         const int top = prev->top();
         // Upstream keeps the cached child whatever happened behind it; the
-        // fixes give a replaced object a new node id so the kernel drops what
-        // it cached for the old one.
-        bool same = top == int(i) && prev->is_dir == is_dir && prev->announced == ref->id;
+        // fixes give a replaced object a new node id (one node, one object).
+        bool same = top == int(i) && prev->is_dir == is_dir && prev->refs[i]->id == ref->id && !prev->retired;
         const HandleStrategy& s = strategy_.get();
         if (same || !(s.revalidates() || s.invalidates())) node = prev;
       }
+      // Every name of an upper hard link is the same node.
+      if (!node && i == 0 && !is_dir && stx->stx_nlink > 1)
+        if (auto l = upper_links_.find(ref->id); l != upper_links_.end())
+          if (NodePtr linked = l->second.lock(); linked && !linked->retired) {
+            node = linked;
+            if (node->path != path) add_name(node, path);
+          }
       if (node) {
         for (auto& r : node->refs) r.reset();  // lower layers re-join below as they are read
+        ref->path = node->path;                // a hard link's path may be another name
         node->refs[i] = std::move(*ref);
       } else {
         node = new_node(path, is_dir);
         node->refs[i] = std::move(*ref);
         if (reload) stats_.renewed_nodes++;
       }
+      if (i == 0 && !is_dir && stx->stx_nlink > 1) upper_links_[node->refs[0]->id] = node;
       node->type = stx->stx_mode & S_IFMT;
       node->is_dir = is_dir;
       seen[e.name] = {node, is_dir};
@@ -406,16 +438,69 @@ Result<UnionFs::NodePtr> UnionFs::child_locked(const NodePtr& parent, const std:
   return it->second;
 }
 
+void UnionFs::present(struct stat& st, const NodePtr& n, bool read_only_layer) const {
+  st.st_ino = n->ino;
+  if (read_only_layer) {
+    // A read-only layer's ctime and directory size record our own bookkeeping
+    // (a placeholder filled in, a listing written out), not a change of the
+    // object: tools that compare them before and after reading (tar, rsync)
+    // must see one version's attributes throughout.
+    st.st_ctim = st.st_mtim;
+    if (S_ISDIR(st.st_mode)) st.st_size = 4096;
+  }
+}
+
+int UnionFs::open_fd(const NodePtr& n, bool* read_only_layer) const {
+  auto it = open_files_.find(raw(n->id));
+  if (it == open_files_.end() || it->second.empty()) return -1;
+  *read_only_layer = it->second.front().second;
+  return it->second.front().first;
+}
+
+void UnionFs::track_open(NodeId node, int fd, const OpenDetails& d) {
+  std::lock_guard lk(mu_);
+  open_files_[raw(node)].emplace_back(fd, d.read_only_layer);
+}
+
+void UnionFs::track_close(NodeId node, int fd) {
+  std::lock_guard lk(mu_);
+  auto it = open_files_.find(raw(node));
+  if (it == open_files_.end()) return;
+  auto& v = it->second;
+  v.erase(std::remove_if(v.begin(), v.end(), [&](const auto& f) { return f.first == fd; }), v.end());
+  if (v.empty()) open_files_.erase(it);
+}
+
 Result<struct stat> UnionFs::stat_locked(const NodePtr& n, Op op) {
   int top = n->top();
-  if (top < 0) return Error::from_errno(ENOENT, n->path);
-  auto fd = open_ref(n, size_t(top), O_PATH, op);
-  if (!fd.ok()) return fd.error();
-  auto stx = statx_at(fd->get(), "");
-  if (!stx.ok()) return stx.error();
-  struct stat st = to_stat(*stx);
-  st.st_ino = n->ino;
-  n->attr_id = n->refs[size_t(top)]->id;
+  Error why = Error::from_errno(ENOENT, n->path);
+  if (top >= 0 && !n->retired) {
+    auto fd = open_ref(n, size_t(top), O_PATH, op);
+    if (fd.ok()) {
+      auto stx = statx_at(fd->get(), "");
+      if (!stx.ok()) return stx.error();
+      struct stat st = to_stat(*stx);
+      present(st, n, !layers_[size_t(top)]->writable());
+      return finish_stat(st, n);
+    }
+    if (fd.err() != ESTALE) return fd.error();
+    why = fd.error();
+  } else if (top >= 0) {
+    why = Error::from_errno(ESTALE, n->path + ": replaced");
+  }
+  // Names gone or object replaced: an open file is what still reaches it.
+  bool ro = false;
+  if (int ofd = open_fd(n, &ro); ofd >= 0) {
+    auto stx = statx_at(ofd, "");
+    if (!stx.ok()) return stx.error();
+    struct stat st = to_stat(*stx);
+    present(st, n, ro);
+    return st;
+  }
+  return why;
+}
+
+struct stat UnionFs::finish_stat(struct stat st, const NodePtr& n) {
   if (n->is_dir && n->loaded) {
     nlink_t links = 2;
     for (auto& [name, c] : n->children) links += c->is_dir;
@@ -433,7 +518,6 @@ Result<struct stat> UnionFs::stat_locked(const NodePtr& n, Op op) {
 Result<Entry> UnionFs::entry_for(const NodePtr& n, Op op) {
   auto st = stat_locked(n, op);
   if (!st.ok()) return st.error();
-  if (int top = n->top(); top >= 0) n->announced = n->refs[size_t(top)]->id;
   if (n->nlookup++ == 0) nodes_[raw(n->id)] = n;
   stats_.nodes = nodes_.size();
   return Entry{n->id, *st};
@@ -471,6 +555,15 @@ Result<struct stat> UnionFs::getattr_once(NodeId node) {
   auto n = find(node);
   if (!n) return Error::from_errno(ESTALE, "unknown node");
   return stat_locked(n, Op::getattr);
+}
+
+Result<struct stat> UnionFs::fgetattr(NodeId node, int fd, const OpenDetails& d) {
+  auto stx = statx_at(fd, "");
+  if (!stx.ok()) return stx.error();
+  struct stat st = to_stat(*stx);
+  std::lock_guard lk(mu_);
+  if (auto n = find(node)) present(st, n, d.read_only_layer);
+  return st;
 }
 
 Status UnionFs::access(NodeId node, int mask) {
@@ -515,6 +608,46 @@ Result<UniqueFd> UnionFs::upper_dir(const NodePtr& dir) {
   return open_ref(dir, 0, O_PATH | O_DIRECTORY, Op::modify);
 }
 
+Status UnionFs::prefetch_for_copy_up(const NodePtr& n) {
+  std::string path;
+  size_t layer = 0;
+  {
+    std::lock_guard lk(mu_);
+    if (!n || n->is_dir || n->refs[0]) return {};
+    int top = n->top();
+    if (top <= 0) return {};
+    layer = size_t(top);
+    path = n->refs[layer]->path;
+  }
+  // A network round trip: no lock held.
+  return layers_[layer]->hooks().before_open(path);
+}
+
+template <class F>
+auto UnionFs::with_content(NodeId node, F&& op) {
+  using R = decltype(op());
+  NodePtr n;
+  {
+    std::lock_guard lk(mu_);
+    n = find(node);
+  }
+  if (auto st = prefetch_for_copy_up(n); !st.ok()) return R(st.error());
+  return op();
+}
+
+template <class F>
+auto UnionFs::with_content(NodeId parent, const std::string& name, F&& op) {
+  using R = decltype(op());
+  NodePtr n;
+  {
+    std::lock_guard lk(mu_);
+    if (auto p = find(parent))
+      if (auto c = child_locked(p, name); c.ok()) n = *c;
+  }
+  if (auto st = prefetch_for_copy_up(n); !st.ok()) return R(st.error());
+  return op();
+}
+
 Status UnionFs::copy_up(const NodePtr& n) {
   if (n->refs[0]) return {};
   int top = n->top();
@@ -545,9 +678,14 @@ Status UnionFs::copy_up(const NodePtr& n) {
     target[len] = '\0';
     if (::symlinkat(target, ud, name.c_str()) != 0) return sys_error("copy-up symlink " + n->path);
   } else if (S_ISREG(mode)) {
-    if (auto h = layers_[size_t(top)]->hooks().before_open(n->refs[size_t(top)]->path); !h.ok()) return h;
+    // The content was fetched before the lock was taken (with_content); an
+    // object still waiting for it was superseded meanwhile.
     auto in = open_ref(n, size_t(top), O_RDONLY, Op::modify);
     if (!in.ok()) return in.error();
+    if (!layers_[size_t(top)]->hooks().content_ready(n->refs[size_t(top)]->id.ino)) {
+      on_estale(n, size_t(top), Op::modify);
+      return Error::from_errno(ESTALE, "copy-up " + n->path + ": superseded before its content arrived");
+    }
     std::string tmp = kCopyUpPrefix + std::to_string(raw(n->id));
     ::unlinkat(ud, tmp.c_str(), 0);
     int out = ::openat(ud, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -606,10 +744,18 @@ Result<bool> UnionFs::lower_has(const NodePtr& parent, const std::string& name) 
   if (parent->opaque) return false;
   for (size_t i = 1; i < layers_.size(); ++i) {
     if (!parent->refs[i]) continue;
-    auto fd = strategy_.get().open(*layers_[i], *parent->refs[i], O_PATH | O_DIRECTORY);
-    if (!fd.ok()) continue;
+    // ENOENT: that layer's directory or name is gone; any other failure is
+    // an answer we do not have, and the caller must not guess "absent".
+    auto fd = open_ref(parent, i, O_PATH | O_DIRECTORY, Op::modify);
+    if (!fd.ok()) {
+      if (fd.err() == ENOENT) continue;
+      return fd.error();
+    }
     auto stx = statx_at(fd->get(), name);
-    if (!stx.ok()) continue;
+    if (!stx.ok()) {
+      if (stx.err() == ENOENT) continue;
+      return stx.error();
+    }
     return !is_whiteout(*stx);  // a whiteout in a middle layer hides everything below
   }
   return false;
@@ -635,9 +781,34 @@ Status UnionFs::clear_upper_name(int ud, const std::string& name, bool* was_whit
 
 // --- creating ------------------------------------------------------------
 
-Result<Entry> UnionFs::finish_create(const NodePtr& parent, const std::string& name, int ud, const Caller& c,
-                                     bool opaque) {
-  ::fchownat(ud, name.c_str(), c.uid, c.gid, AT_SYMLINK_NOFOLLOW);
+Status UnionFs::own_new(int ud, const std::string& name, mode_t mode, const Caller& c) {
+  // The object was made by the daemon: its owner is the daemon's and its mode
+  // went through the daemon's umask. Give it the caller's (or, in a set-gid
+  // directory, that directory's group), then the exact mode: chown clears
+  // set-id bits, so the mode comes last.
+  auto dir = statx_at(ud, "");
+  if (!dir.ok()) return dir.error();
+  const bool sgid_dir = dir->stx_mode & S_ISGID;
+  const gid_t gid = sgid_dir ? dir->stx_gid : c.gid;
+  if (::fchownat(ud, name.c_str(), c.uid, gid, AT_SYMLINK_NOFOLLOW) != 0) return sys_error("chown " + name);
+  if (S_ISLNK(mode)) return {};
+  mode_t perm = mode & 07777;
+  if (S_ISDIR(mode) && sgid_dir) perm |= S_ISGID;
+  // As the kernel does for a local filesystem: a caller outside the group
+  // (and without CAP_FSETID) cannot make a group-executable set-gid file.
+  if (!S_ISDIR(mode) && (perm & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP) && c.uid != 0 && gid != c.gid &&
+      !(c.in_group && c.in_group(gid)))
+    perm &= ~mode_t(S_ISGID);
+  if (::fchmodat(ud, name.c_str(), perm, 0) != 0) return sys_error("chmod " + name);
+  return {};
+}
+
+Result<Entry> UnionFs::finish_create(const NodePtr& parent, const std::string& name, int ud, mode_t mode,
+                                     const Caller& c, bool opaque) {
+  if (auto st = own_new(ud, name, mode, c); !st.ok()) {
+    ::unlinkat(ud, name.c_str(), S_ISDIR(mode) ? AT_REMOVEDIR : 0);
+    return st.error();
+  }
   if (opaque) {
     int dfd = ::openat(ud, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd >= 0) {
@@ -673,43 +844,52 @@ Result<Entry> UnionFs::finish_create(const NodePtr& parent, const std::string& n
 
 Result<Entry> UnionFs::mknod(NodeId parent, const std::string& name, mode_t mode, dev_t rdev, const Caller& c) {
   ANTARES_CREATE_PROLOGUE
-  if (::mknodat(ud->get(), name.c_str(), mode & ~c.umask, rdev) != 0) return sys_error("mknod " + name);
-  return finish_create(p, name, ud->get(), c, false);
+  mode = (mode & S_IFMT) | (mode & 07777 & ~c.umask);
+  if (::mknodat(ud->get(), name.c_str(), mode, rdev) != 0) return sys_error("mknod " + name);
+  return finish_create(p, name, ud->get(), mode, c, false);
 }
 
 Result<Entry> UnionFs::mkdir(NodeId parent, const std::string& name, mode_t mode, const Caller& c) {
   ANTARES_CREATE_PROLOGUE
-  if (::mkdirat(ud->get(), name.c_str(), mode & ~c.umask & 07777) != 0) return sys_error("mkdir " + name);
+  mode = S_IFDIR | (mode & 07777 & ~c.umask);
+  if (::mkdirat(ud->get(), name.c_str(), mode & 07777) != 0) return sys_error("mkdir " + name);
   // A directory created where a whiteout hid a lower one must not merge with it.
-  return finish_create(p, name, ud->get(), c, had_whiteout);
+  return finish_create(p, name, ud->get(), mode, c, had_whiteout);
 }
 
 Result<Entry> UnionFs::symlink(NodeId parent, const std::string& name, const std::string& target, const Caller& c) {
   ANTARES_CREATE_PROLOGUE
   if (::symlinkat(target.c_str(), ud->get(), name.c_str()) != 0) return sys_error("symlink " + name);
-  return finish_create(p, name, ud->get(), c, false);
+  return finish_create(p, name, ud->get(), S_IFLNK | 0777, c, false);
 }
 
 Result<std::pair<Entry, UniqueFd>> UnionFs::create(NodeId parent, const std::string& name, mode_t mode, int flags,
                                                    const Caller& c) {
   ANTARES_CREATE_PROLOGUE
+  mode = S_IFREG | (mode & 07777 & ~c.umask);
   int fd = ::openat(ud->get(), name.c_str(), (flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC) & ~O_NOCTTY,
-                    mode & ~c.umask & 07777);
+                    mode & 07777);
   if (fd < 0) return sys_error("create " + name);
   UniqueFd file(fd);
-  auto e = finish_create(p, name, ud->get(), c, false);
+  auto e = finish_create(p, name, ud->get(), mode, c, false);
   if (!e.ok()) return e.error();
   return std::make_pair(*e, std::move(file));
 }
 #undef ANTARES_CREATE_PROLOGUE
 
 Result<Entry> UnionFs::link(NodeId node, NodeId new_parent, const std::string& new_name) {
+  return with_content(node, [&] { return link_locked(node, new_parent, new_name); });
+}
+
+Result<Entry> UnionFs::link_locked(NodeId node, NodeId new_parent, const std::string& new_name) {
   std::lock_guard lk(mu_);
   auto n = find(node);
   auto p = find(new_parent);
   if (!n || !p) return Error::from_errno(ESTALE, "unknown node");
   if (n->is_dir) return Error::from_errno(EPERM, n->path);
+  if (new_name.size() > NAME_MAX) return Error::from_errno(ENAMETOOLONG, new_name);
   if (auto ex = child_locked(p, new_name); ex.ok()) return Error::from_errno(EEXIST, new_name);
+  else if (ex.err() != ENOENT) return ex.error();
   if (auto st = copy_up(n); !st.ok()) return st.error();
   auto ud = upper_dir(p);
   if (!ud.ok()) return ud.error();
@@ -719,6 +899,8 @@ Result<Entry> UnionFs::link(NodeId node, NodeId new_parent, const std::string& n
   if (!src.ok()) return src.error();
   if (::linkat(src->get(), "", ud->get(), new_name.c_str(), AT_EMPTY_PATH) != 0) return sys_error("link " + new_name);
   p->children[new_name] = n;
+  add_name(n, join_path(p->path, new_name));
+  upper_links_[n->refs[0]->id] = n;
   return entry_for(n, Op::modify);
 }
 
@@ -732,19 +914,20 @@ Status UnionFs::unlink(NodeId parent, const std::string& name) {
   if (!c.ok()) return c.error();
   NodePtr n = *c;
   if (n->is_dir) return Error::from_errno(EISDIR, n->path);
+  // Before anything changes: a name below that cannot be checked must not
+  // come back into view for lack of a whiteout.
+  auto lower = lower_has(p, name);
+  if (!lower.ok()) return lower.error();
   if (n->refs[0]) {
     auto ud = upper_dir(p);
     if (!ud.ok()) return ud.error();
     if (::unlinkat(ud->get(), name.c_str(), 0) != 0) return sys_error("unlink " + n->path);
   }
-  auto lower = lower_has(p, name);
-  if (lower.ok() && *lower) {
+  // A name below, or one only in a read-only layer: a whiteout hides it.
+  if (*lower || !n->refs[0])
     if (auto st = whiteout(p, name); !st.ok()) return st;
-  } else if (!n->refs[0]) {
-    // Only in a read-only layer, hidden there by nothing: still needs a whiteout.
-    if (auto st = whiteout(p, name); !st.ok()) return st;
-  }
   p->children.erase(name);
+  drop_name(n, join_path(p->path, name));
   return {};
 }
 
@@ -778,20 +961,57 @@ Status UnionFs::rmdir(NodeId parent, const std::string& name) {
     if (auto st = whiteout(p, name); !st.ok()) return st;
   }
   p->children.erase(name);
+  drop_name(n, join_path(p->path, name));
   return {};
 }
 
-void UnionFs::set_path(const NodePtr& n, const std::string& path) {
-  path_ino_[path] = n->ino;
-  n->path = path;
+void UnionFs::add_name(const NodePtr& n, const std::string& path) {
+  if (n->path != path && std::find(n->aliases.begin(), n->aliases.end(), path) == n->aliases.end())
+    n->aliases.push_back(path);
+}
+
+void UnionFs::drop_name(const NodePtr& n, const std::string& path) {
+  if (n->path != path) {
+    n->aliases.erase(std::remove(n->aliases.begin(), n->aliases.end(), path), n->aliases.end());
+    return;
+  }
+  if (!n->aliases.empty()) {
+    // Another name of the hard link carries on: paths must name a live object.
+    std::string next = n->aliases.back();
+    n->aliases.pop_back();
+    n->path = next;
+    for (auto& r : n->refs)
+      if (r) r->path = next;
+    return;
+  }
+  // The last name: only open files still reach the object (fgetattr, reads).
+  for (auto& r : n->refs) r.reset();
+}
+
+void UnionFs::move_name(const NodePtr& n, const std::string& from, const std::string& to) {
+  if (n->path != from) {
+    std::replace(n->aliases.begin(), n->aliases.end(), from, to);
+    return;
+  }
+  path_ino_[to] = n->ino;
+  n->path = to;
   for (auto& r : n->refs)
-    if (r) r->path = path;
-  for (auto& [name, c] : n->children) set_path(c, join_path(path, name));
+    if (r) r->path = to;
+  for (auto& [name, c] : n->children) move_name(c, join_path(from, name), join_path(to, name));
 }
 
 Status UnionFs::rename(NodeId parent, const std::string& name, NodeId new_parent, const std::string& new_name,
                        unsigned flags) {
   if (flags & ~unsigned(RENAME_NOREPLACE | RENAME_EXCHANGE)) return Error::from_errno(EINVAL, "rename flags");
+  return with_content(parent, name, [&] {
+    if (!(flags & RENAME_EXCHANGE)) return rename_locked(parent, name, new_parent, new_name, flags);
+    return with_content(new_parent, new_name,
+                        [&] { return rename_locked(parent, name, new_parent, new_name, flags); });
+  });
+}
+
+Status UnionFs::rename_locked(NodeId parent, const std::string& name, NodeId new_parent,
+                              const std::string& new_name, unsigned flags) {
   std::lock_guard lk(mu_);
   auto p = find(parent);
   auto np = find(new_parent);
@@ -830,6 +1050,12 @@ Status UnionFs::rename(NodeId parent, const std::string& name, NodeId new_parent
     if (to.size() > src->path.size() && to.compare(0, src->path.size() + 1, src->path + "/") == 0)
       return Error::from_errno(EINVAL, to);
   }
+  // Before anything changes (see unlink).
+  Result<bool> lower_src = false;
+  if (!(flags & RENAME_EXCHANGE)) {
+    lower_src = lower_has(p, name);
+    if (!lower_src.ok()) return lower_src.error();
+  }
   if (auto st = copy_up(src); !st.ok()) return st;
   if (flags & RENAME_EXCHANGE)
     if (auto st = copy_up(dst); !st.ok()) return st;
@@ -859,79 +1085,81 @@ Status UnionFs::rename(NodeId parent, const std::string& name, NodeId new_parent
       src->opaque = true;
     }
   }
+  const std::string from = join_path(p->path, name), to = join_path(np->path, new_name);
   if (!(flags & RENAME_EXCHANGE)) {
-    auto lower = lower_has(p, name);
-    if (lower.ok() && *lower)
+    if (*lower_src)
       if (auto st = whiteout(p, name); !st.ok()) return st;
     p->children.erase(name);
     if (dst) {
       np->children.erase(new_name);
-      for (auto& r : dst->refs) r.reset();
+      drop_name(dst, to);
     }
     np->children[new_name] = src;
-    set_path(src, join_path(np->path, new_name));
-    if (auto r = layers_[0]->resolve_at(dud->get(), np->path, new_name); r.ok()) src->refs[0] = std::move(*r);
+    move_name(src, from, to);
+    if (auto r = layers_[0]->resolve_at(dud->get(), np->path, new_name); r.ok()) {
+      r->path = src->path;  // a hard link's path may be another of its names
+      src->refs[0] = std::move(*r);
+    }
   } else {
     p->children[name] = dst;
     np->children[new_name] = src;
-    std::string sp = src->path, dp = dst->path;
-    set_path(src, dp);
-    set_path(dst, sp);
+    move_name(src, from, to);
+    move_name(dst, to, from);
   }
   return {};
 }
 
 // --- data ----------------------------------------------------------------
 
-Result<UniqueFd> UnionFs::open(NodeId node, int flags, bool* changed) {
-  return retrying([&] { return open_once(node, flags, changed); });
+Result<UniqueFd> UnionFs::open(NodeId node, int flags, OpenDetails* details) {
+  return retrying([&] { return open_once(node, flags, details); });
 }
 
-Result<UniqueFd> UnionFs::open_once(NodeId node, int flags, bool* changed) {
+Result<UniqueFd> UnionFs::open_once(NodeId node, int flags, OpenDetails* details) {
   const int acc = flags & O_ACCMODE;
   const bool write = acc != O_RDONLY || (flags & O_TRUNC);
   flags &= ~(O_CREAT | O_EXCL | O_NOCTTY);
+  if (details) *details = OpenDetails{};
+  if (write) {
+    return with_content(node, [&]() -> Result<UniqueFd> {
+      std::lock_guard lk(mu_);
+      auto n = find(node);
+      if (!n) return Error::from_errno(ESTALE, "unknown node");
+      if (n->is_dir) return Error::from_errno(EISDIR, n->path);
+      if (n->top() < 0) return Error::from_errno(ENOENT, n->path);
+      if (auto st = copy_up(n); !st.ok()) return st.error();
+      return open_ref(n, 0, flags, Op::open);
+    });
+  }
   std::string hook_path;
   size_t hook_layer = 0;
   {
     std::lock_guard lk(mu_);
     auto n = find(node);
     if (!n) return Error::from_errno(ESTALE, "unknown node");
-    if (n->is_dir && write) return Error::from_errno(EISDIR, n->path);
     int top = n->top();
     if (top < 0) return Error::from_errno(ENOENT, n->path);
-    if (write) {
-      if (auto st = copy_up(n); !st.ok()) return st.error();
-      auto fd = open_ref(n, 0, flags, Op::open);
-      if (fd.ok()) note_open(n, 0, changed);
-      return fd;
-    }
     hook_layer = size_t(top);
     hook_path = n->refs[size_t(top)]->path;
   }
-  // Fetching content may take a network round trip: no lock held. A refresh
-  // may replace the file between the fetch and the open; then fetch again.
-  LayerHooks& hooks = layers_[hook_layer]->hooks();
-  for (int attempt = 0;; ++attempt) {
-    if (auto st = hooks.before_open(hook_path); !st.ok()) return st.error();
-    std::lock_guard lk(mu_);
-    auto n = find(node);
-    if (!n) return Error::from_errno(ESTALE, "unknown node");
-    int top = n->top();
-    if (top < 0) return Error::from_errno(ENOENT, n->path);
-    auto fd = open_ref(n, size_t(top), flags, Op::open);
-    if (!fd.ok()) return fd;
-    if (size_t(top) == hook_layer && !hooks.content_ready(hook_path) && attempt < 3) continue;
-    note_open(n, size_t(top), changed);
-    return fd;
+  // Fetching content may take a network round trip: no lock held.
+  if (auto st = layers_[hook_layer]->hooks().before_open(hook_path); !st.ok()) return st.error();
+  std::lock_guard lk(mu_);
+  auto n = find(node);
+  if (!n) return Error::from_errno(ESTALE, "unknown node");
+  int top = n->top();
+  if (top < 0) return Error::from_errno(ENOENT, n->path);
+  auto fd = open_ref(n, size_t(top), flags, Op::open);
+  if (!fd.ok()) return fd;
+  // The path's current content is in place (before_open); an object of this
+  // node still waiting for its bytes is an older version that never gets
+  // them: the node is superseded, never served as a placeholder's zeros.
+  if (!layers_[size_t(top)]->hooks().content_ready(n->refs[size_t(top)]->id.ino)) {
+    on_estale(n, size_t(top), Op::open);
+    return Error::from_errno(ESTALE, "open " + n->path + ": superseded before its content arrived");
   }
-}
-
-void UnionFs::note_open(const NodePtr& n, size_t layer, bool* changed) {
-  const Identity now = n->refs[layer]->id;
-  // The kernel's pages or its cached size may belong to another object.
-  if (changed) *changed = !(n->attr_id == now) || (!(n->opened == now) && !(n->opened == Identity{}));
-  n->opened = now;
+  if (details) details->read_only_layer = !layers_[size_t(top)]->writable();
+  return fd;
 }
 
 Result<std::vector<DirEntry>> UnionFs::opendir(NodeId node) {
@@ -964,13 +1192,30 @@ Result<struct statvfs> UnionFs::statfs() {
 }
 
 Result<struct stat> UnionFs::setattr(NodeId node, const struct stat& attr, int to_set, int fd) {
+  return with_content(node, [&] { return setattr_locked(node, attr, to_set, fd); });
+}
+
+Result<struct stat> UnionFs::setattr_locked(NodeId node, const struct stat& attr, int to_set, int fd) {
   std::lock_guard lk(mu_);
   auto n = find(node);
   if (!n) return Error::from_errno(ESTALE, "unknown node");
-  if (auto st = copy_up(n); !st.ok()) return st.error();
-  auto pfd = open_ref(n, 0, O_PATH, Op::setattr);
-  if (!pfd.ok()) return pfd.error();
-  const std::string proc = proc_fd(pfd->get());
+  // An open file whose names are all gone (or whose name now holds another
+  // object): only an fd reaches it. One of the read-only layers is not ours
+  // to change: the kernel's re-walk reaches the name's current object.
+  const bool gone = n->top() < 0 || n->retired;
+  bool ro = false;
+  if (gone && fd < 0) fd = open_fd(n, &ro);
+  if (gone && (fd < 0 || ro)) return Error::from_errno(n->top() < 0 ? ENOENT : ESTALE, n->path);
+  const bool by_fd = gone;
+  UniqueFd pfd_owner;
+  if (!by_fd) {
+    if (auto st = copy_up(n); !st.ok()) return st.error();
+    auto pfd = open_ref(n, 0, O_PATH, Op::setattr);
+    if (!pfd.ok()) return pfd.error();
+    pfd_owner = std::move(*pfd);
+  }
+  const int target = by_fd ? fd : pfd_owner.get();
+  const std::string proc = proc_fd(target);
   // FUSE_SET_ATTR_* values, spelled out to keep this file free of fuse headers.
   constexpr int kMode = 1 << 0, kUid = 1 << 1, kGid = 1 << 2, kSize = 1 << 3, kAtime = 1 << 4, kMtime = 1 << 5,
                 kAtimeNow = 1 << 7, kMtimeNow = 1 << 8;
@@ -979,7 +1224,7 @@ Result<struct stat> UnionFs::setattr(NodeId node, const struct stat& attr, int t
   if (to_set & (kUid | kGid)) {
     uid_t u = to_set & kUid ? attr.st_uid : uid_t(-1);
     gid_t g = to_set & kGid ? attr.st_gid : gid_t(-1);
-    if (::fchownat(pfd->get(), "", u, g, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return sys_error("chown " + n->path);
+    if (::fchownat(target, "", u, g, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return sys_error("chown " + n->path);
   }
   if (to_set & kSize) {
     int r = fd >= 0 ? ::ftruncate(fd, attr.st_size) : ::truncate(proc.c_str(), attr.st_size);
@@ -991,7 +1236,23 @@ Result<struct stat> UnionFs::setattr(NodeId node, const struct stat& attr, int t
     else if (to_set & kAtime) ts[0] = attr.st_atim;
     if (to_set & kMtimeNow) ts[1].tv_nsec = UTIME_NOW;
     else if (to_set & kMtime) ts[1] = attr.st_mtim;
-    if (!S_ISLNK(n->type) && ::utimensat(AT_FDCWD, proc.c_str(), ts, 0) != 0) return sys_error("utimens " + n->path);
+    if (S_ISLNK(n->type)) {
+      // A symlink's own times: through its parent, without following it
+      // (utimensat takes no O_PATH fd of a symlink).
+      auto [parent_path, leaf] = split_parent(n->path);
+      auto dir = layers_[0]->open_path(parent_path, O_PATH | O_DIRECTORY);
+      if (!dir.ok()) return dir.error();
+      if (::utimensat(dir->get(), leaf.c_str(), ts, AT_SYMLINK_NOFOLLOW) != 0) return sys_error("utimens " + n->path);
+    } else if (::utimensat(AT_FDCWD, proc.c_str(), ts, 0) != 0) {
+      return sys_error("utimens " + n->path);
+    }
+  }
+  if (by_fd) {
+    auto stx = statx_at(fd, "");
+    if (!stx.ok()) return stx.error();
+    struct stat st = to_stat(*stx);
+    present(st, n, false);
+    return st;
   }
   return stat_locked(n, Op::setattr);
 }
@@ -1044,6 +1305,10 @@ Result<std::string> UnionFs::listxattr_once(NodeId node) {
 
 Status UnionFs::setxattr(NodeId node, const std::string& name, const std::string& value, int flags) {
   if (name.rfind("trusted.overlay.", 0) == 0) return Error::from_errno(EPERM, name);
+  return with_content(node, [&] { return setxattr_locked(node, name, value, flags); });
+}
+
+Status UnionFs::setxattr_locked(NodeId node, const std::string& name, const std::string& value, int flags) {
   std::lock_guard lk(mu_);
   auto n = find(node);
   if (!n) return Error::from_errno(ESTALE, "unknown node");
@@ -1057,6 +1322,10 @@ Status UnionFs::setxattr(NodeId node, const std::string& name, const std::string
 
 Status UnionFs::removexattr(NodeId node, const std::string& name) {
   if (name.rfind("trusted.overlay.", 0) == 0) return Error::from_errno(EPERM, name);
+  return with_content(node, [&] { return removexattr_locked(node, name); });
+}
+
+Status UnionFs::removexattr_locked(NodeId node, const std::string& name) {
   std::lock_guard lk(mu_);
   auto n = find(node);
   if (!n) return Error::from_errno(ESTALE, "unknown node");
@@ -1084,12 +1353,19 @@ std::vector<KernelInvalidation> UnionFs::on_layer_change(size_t layer, const std
     if (it == dir->children.end()) continue;
     NodePtr n = it->second;
     auto& ref = n->refs[layer];
-    if (ref) {
-      layers_[layer]->cache().erase(ref->id);
-      // Re-point nodes the kernel still holds (open files) at the new object.
-      if (auto fresh = layers_[layer]->resolve(ref->path); fresh.ok()) ref = std::move(*fresh);
+    if (!ref) continue;  // a layer this name does not show: nothing cached from it
+    auto fresh = layers_[layer]->resolve(ref->path);
+    if (fresh.ok() && fresh->id == ref->id) continue;  // the same object (our own change)
+    layers_[layer]->cache().erase(ref->id);
+    if (n->is_dir && fresh.ok()) {
+      ref = std::move(*fresh);  // directories are re-pointed: no pages to mix
+      n->loaded = false;
+    } else if (n->is_dir && layer != size_t(n->top())) {
+      ref.reset();  // a lower part of a merged directory is gone
+      n->loaded = false;
+    } else {
+      retire(n);  // one node, one object: the name gets a new node on reload
     }
-    if (n->is_dir) n->loaded = false;
     out.push_back({KernelInvalidation::Kind::inode, n->id, {}});
   }
   return out;
@@ -1108,7 +1384,10 @@ void UnionFs::drop_caches() {
       auto& ref = n->refs[i];
       if (!ref) continue;
       layers_[i]->cache().erase(ref->id);
-      if (auto fresh = layers_[i]->resolve(ref->path); fresh.ok()) ref = std::move(*fresh);
+      // Directories are re-pointed; a replaced file's node is retired when
+      // next used, and its name loads a new node.
+      if (n->is_dir)
+        if (auto fresh = layers_[i]->resolve(ref->path); fresh.ok()) ref = std::move(*fresh);
     }
     for (auto& [name, c] : n->children) stack.push_back(c);
     n->loaded = false;

@@ -10,6 +10,14 @@
 // backing object gives ESTALE until the kernel forgets the node. Only the
 // probe that loads a directory treats ESTALE as "not in this layer".
 //
+// The fixes rest on one rule: a node denotes one backing object. When the
+// object behind a name is replaced, the name gets a new node id; the old node
+// is retired, never re-pointed, so the kernel's pages and attributes of a node
+// always belong to one object and open fds keep reading what they opened. A
+// use of a retired node answers ESTALE on purpose: the kernel then walks the
+// path again (LOOKUP_REVAL) and meets the new node, so callers never see it.
+// (Directories have no pages: their refs are re-pointed instead.)
+//
 // Locking: mu_ guards the node table, every node's refs and children, and the
 // path->ino map. It is held across local syscalls on layer directories but
 // never across LayerHooks (network) nor while replying. Lock order:
@@ -52,11 +60,22 @@ struct DirEntry {
   mode_t type = 0;  // S_IFMT bits
 };
 
-// The caller of a creating operation: new objects are owned by it.
+// The caller of a creating operation: new objects are owned by it, and its
+// umask (only) applies to their mode.
 struct Caller {
   uid_t uid = 0;
   gid_t gid = 0;
   mode_t umask = 0;
+  // Whether the caller is in group g (supplementary groups included); asked
+  // only when a set-gid directory hands a new file a group. Null: only gid.
+  std::function<bool(gid_t)> in_group;
+};
+
+// What the union tells the adapter about a file it opened.
+struct OpenDetails {
+  // The file's layer is read-only (CL, lower): fstat of its fd goes through
+  // fgetattr so the attributes match what getattr reports.
+  bool read_only_layer = false;
 };
 
 // The operations the union counts ESTALE for, by layer.
@@ -67,6 +86,9 @@ struct UnionStats {
   static constexpr int kMaxLayers = 3;
   std::atomic<uint64_t> estale[kMaxLayers][int(Op::kCount)]{};
   std::atomic<uint64_t> copy_ups{0}, whiteouts{0}, dir_loads{0}, dir_reloads{0}, renewed_nodes{0};
+  // Fixes: nodes whose object was replaced or removed; their use answered
+  // ESTALE for the kernel to re-walk (not counted in estale[]).
+  std::atomic<uint64_t> retired_nodes{0};
   std::atomic<uint64_t> change_races{0};  // B: ESTALE met during a change, retried after its invalidation
   std::atomic<uint64_t> nodes{0};
 };
@@ -92,6 +114,9 @@ class UnionFs {
   Result<Entry> lookup(NodeId parent, const std::string& name);
   void forget(NodeId node, uint64_t nlookup);
   Result<struct stat> getattr(NodeId node);
+  // fstat of an open file of the node (FUSE getattr with a file handle): the
+  // object the caller opened, even if its name is gone or was replaced.
+  Result<struct stat> fgetattr(NodeId node, int fd, const OpenDetails& d);
   // to_set: FUSE_SET_ATTR_* bits. fd: an open fd of the node, if the kernel gave one.
   Result<struct stat> setattr(NodeId node, const struct stat& attr, int to_set, int fd);
   Result<std::string> readlink(NodeId node);
@@ -107,13 +132,18 @@ class UnionFs {
   Status rename(NodeId parent, const std::string& name, NodeId new_parent, const std::string& new_name,
                 unsigned flags);
 
-  // Opens the node's current top object; write access copies it up first.
-  // *changed (optional) is set when the object differs from the one whose
-  // pages or attributes (size) the kernel holds for this node: the adapter then
-  // opens it with direct I/O so no cached page or size can cut the read.
-  Result<UniqueFd> open(NodeId node, int flags, bool* changed = nullptr);
+  // Opens the node's object; write access copies it up first (a node keeps
+  // its id across copy-up: same bytes, same pages).
+  Result<UniqueFd> open(NodeId node, int flags, OpenDetails* details = nullptr);
   Result<std::pair<Entry, UniqueFd>> create(NodeId parent, const std::string& name, mode_t mode, int flags,
                                             const Caller& c);
+  // The adapter's open files of a node, between a successful open or create
+  // and the release: when a node's names are gone or its object was
+  // replaced, an open fd is the only way left to reach its object (fstat of
+  // an unlinked file arrives as a plain getattr).
+  void track_open(NodeId node, int fd, const OpenDetails& d);
+  void track_close(NodeId node, int fd);
+
   // The merged listing ("." and ".." first), for one opendir.
   Result<std::vector<DirEntry>> opendir(NodeId node);
   Result<struct statvfs> statfs();
@@ -135,9 +165,9 @@ class UnionFs {
   // each time an upper-layer directory is read, so a watcher can follow it.
   void set_upper_dir_observer(std::function<void(const std::string&)> f) { upper_dir_observer_ = std::move(f); }
 
-  // Called (under the union lock; must only queue work) when a handle use
-  // found a different object behind a node (a recovery), so the kernel can be
-  // told to drop its pages and attributes for that node.
+  // Called (under the union lock; must only queue work) when a directory
+  // node was re-pointed at a new directory (a recovery), so the kernel can be
+  // told to drop what it cached for it.
   void set_identity_observer(std::function<void(NodeId)> f) { identity_observer_ = std::move(f); }
 
   const UnionStats& stats() const { return stats_; }
@@ -151,10 +181,16 @@ class UnionFs {
 
   NodePtr find(NodeId id) const;  // requires mu_
   Result<Entry> lookup_once(NodeId parent, const std::string& name);
+  Result<Entry> link_locked(NodeId node, NodeId new_parent, const std::string& new_name);
+  Status rename_locked(NodeId parent, const std::string& name, NodeId new_parent, const std::string& new_name,
+                       unsigned flags);
+  Result<struct stat> setattr_locked(NodeId node, const struct stat& attr, int to_set, int fd);
+  Status setxattr_locked(NodeId node, const std::string& name, const std::string& value, int flags);
+  Status removexattr_locked(NodeId node, const std::string& name);
   Result<struct stat> getattr_once(NodeId node);
   Status access_once(NodeId node, int mask);
   Result<std::string> readlink_once(NodeId node);
-  Result<UniqueFd> open_once(NodeId node, int flags, bool* changed);
+  Result<UniqueFd> open_once(NodeId node, int flags, OpenDetails* details);
   Result<std::vector<DirEntry>> opendir_once(NodeId node);
   Result<std::string> getxattr_once(NodeId node, const std::string& name);
   Result<std::string> listxattr_once(NodeId node);
@@ -188,14 +224,38 @@ class UnionFs {
   Result<Entry> entry_for(const NodePtr& n, Op op);
   Status run_dir_hooks(NodeId node);
   Status copy_up(const NodePtr& n);
+  // Fetches the content a copy-up of (parent, name) or node will need, with
+  // no lock held; ops that copy up run after it (see with_content).
+  Status prefetch_for_copy_up(const NodePtr& n);
+  template <class F>
+  auto with_content(NodeId node, F&& op);
+  template <class F>
+  auto with_content(NodeId parent, const std::string& name, F&& op);
+  // The node's object is gone or replaced: a fix retires it (see the class
+  // comment) and makes the names it had load afresh. Requires mu_.
+  void retire(const NodePtr& n);
+  // The ESTALE of a handle use: the fixes retire the node, none logs the bug.
+  void on_estale(const NodePtr& n, size_t layer, Op op);
+  // stat of the node's object as the union reports it. Requires mu_.
+  void present(struct stat& st, const NodePtr& n, bool read_only_layer) const;
+  // An fd the adapter holds open on n (-1 if none), and its layer kind. Requires mu_.
+  int open_fd(const NodePtr& n, bool* read_only_layer) const;
+  // A directory's link count as the union knows it. Requires mu_.
+  static struct stat finish_stat(struct stat st, const NodePtr& n);
+  // Hard links: a node may have more names than its path (aliases).
+  void add_name(const NodePtr& n, const std::string& path);
+  // Removes one name; the node keeps another or, with none left, its refs go.
+  void drop_name(const NodePtr& n, const std::string& path);
+  // Renames one name of n (and the names beneath it, for directories).
+  void move_name(const NodePtr& n, const std::string& from, const std::string& to);
+  // Owner and exact mode of a just-created upper object (see Caller).
+  Status own_new(int upper_dir_fd, const std::string& name, mode_t mode, const Caller& c);
   Result<UniqueFd> upper_dir(const NodePtr& dir);  // copies the dir chain up as needed
   Result<bool> lower_has(const NodePtr& parent, const std::string& name);
   Status whiteout(const NodePtr& parent, const std::string& name);
   Status clear_upper_name(int upper_dir_fd, const std::string& name, bool* was_whiteout);
-  Result<Entry> finish_create(const NodePtr& parent, const std::string& name, int upper_dir_fd, const Caller& c,
-                              bool opaque);
-  void set_path(const NodePtr& n, const std::string& path);
-  void note_open(const NodePtr& n, size_t layer, bool* changed);
+  Result<Entry> finish_create(const NodePtr& parent, const std::string& name, int upper_dir_fd, mode_t mode,
+                              const Caller& c, bool opaque);
   void log_estale(const NodePtr& n, size_t layer, Op op, const std::string& path);
 
   std::vector<std::unique_ptr<Layer>> layers_;
@@ -203,6 +263,11 @@ class UnionFs {
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, NodePtr> nodes_;           // guarded by mu_: nodes the kernel knows
   std::unordered_map<std::string, uint64_t> path_ino_;    // guarded by mu_
+  // Upper objects with more than one name, by identity: every name of a hard
+  // link is the same node (one inode number, one page cache). Guarded by mu_.
+  std::unordered_map<Identity, std::weak_ptr<Node>, IdentityHash> upper_links_;
+  // track_open: node id -> (fd, read-only layer). Guarded by mu_.
+  std::unordered_map<uint64_t, std::vector<std::pair<int, bool>>> open_files_;
   uint64_t next_node_ = 2;                                // guarded by mu_
   uint64_t next_ino_ = 2;                                 // guarded by mu_
   NodePtr root_;

@@ -161,7 +161,7 @@ TEST_F(UnionTest, UnlinkOfALowerFileLeavesAWhiteout) {
   ASSERT_TRUE(fs_->rmdir(kRootNode, "b").ok());
   EXPECT_EQ(fs_->lookup(kRootNode, "b").err(), ENOENT);
   // mkdir over the whiteout gives an opaque directory: lower's b stays hidden.
-  Caller me{0, 0, 022};
+  Caller me{0, 0, 022, nullptr};
   auto nb = fs_->mkdir(kRootNode, "b", 0755, me);
   ASSERT_TRUE(nb.ok()) << nb.error().describe();
   EXPECT_EQ(names(nb->node), (std::vector<std::string>{".", ".."}));
@@ -174,7 +174,7 @@ TEST_F(UnionTest, RmdirOfANonEmptyMergedDirectoryFails) {
 
 TEST_F(UnionTest, CreateRenameAcrossLayersAndExchange) {
   mount("none");
-  Caller me{0, 0, 022};
+  Caller me{0, 0, 022, nullptr};
   NodeId a = lookup(kRootNode, "a");
   auto created = fs_->create(a, "made.txt", 0644, O_WRONLY, me);
   ASSERT_TRUE(created.ok()) << created.error().describe();
@@ -212,32 +212,86 @@ TEST_F(UnionTest, NoneGivesEstaleAgainAndAgainAfterABackingFileIsReplaced) {
   EXPECT_GE(fs_->stats().estale[1][int(Op::getattr)].load(), 3u);
 }
 
-TEST_F(UnionTest, RecoverStrategyReResolvesAndGivesANewNodeOnLookup) {
+// What the kernel does with an ESTALE from a path-based call: it walks the
+// path again with LOOKUP_REVAL (a LOOKUP per component) and repeats the call
+// on the node it gets. Under the fixes that node is new; callers never see it.
+Result<std::string> kernel_read(UnionFs& fs, NodeId dir, const std::string& name, NodeId node) {
+  auto once = [&](NodeId n) -> Result<std::string> {
+    auto fd = fs.open(n, O_RDONLY);
+    if (!fd.ok()) return fd.error();
+    return read_fd(fd->get());
+  };
+  auto r = once(node);
+  if (r.err() != ESTALE) return r;
+  auto e = fs.lookup(dir, name);
+  if (!e.ok()) return e.error();
+  return once(e->node);
+}
+
+TEST_F(UnionTest, RecoverStrategyRetiresAReplacedFileAndTheRewalkFindsItsNewNode) {
   mount("A");
   NodeId a = lookup(kRootNode, "a");
   NodeId buck = lookup(a, "BUCK");
   replace_file(tmp_ / "cl/a/BUCK", "cl buck v2");
-  EXPECT_EQ(read(buck), "cl buck v2");  // the old node recovers in place
-  EXPECT_EQ(set_.stats().recovered.load(), 1u);
+  // The old node denotes the old object: it is retired, not re-pointed, so
+  // the kernel's pages and sizes for it never mix two objects.
+  EXPECT_EQ(fs_->getattr(buck).err(), ESTALE);
+  EXPECT_EQ(fs_->stats().retired_nodes.load(), 1u);
+  EXPECT_EQ(fs_->stats().estale[1][int(Op::getattr)].load(), 0u) << "a retirement is not the bug's ESTALE";
   auto e = fs_->lookup(a, "BUCK");
   ASSERT_TRUE(e.ok());
-  EXPECT_NE(raw(e->node), raw(buck));  // the kernel drops what it cached for the old object
+  EXPECT_NE(raw(e->node), raw(buck));
   EXPECT_EQ(read(e->node), "cl buck v2");
-  // A file deleted behind the union is ENOENT, not ESTALE.
-  ASSERT_EQ(::unlink((tmp_ / "lower/a/src.c").c_str()), 0);
-  NodeId src = lookup(a, "new.c");
+  EXPECT_EQ(*kernel_read(*fs_, a, "BUCK", buck), "cl buck v2");
+  // A file deleted behind the union: the re-walk answers ENOENT.
+  NodeId gone = lookup(a, "new.c");
   ASSERT_EQ(::unlink((tmp_ / "cl/a/new.c").c_str()), 0);
-  EXPECT_EQ(fs_->getattr(src).err(), ENOENT);
-  EXPECT_EQ(fs_->lookup(a, "src.c").err(), ENOENT);
+  EXPECT_EQ(fs_->getattr(gone).err(), ESTALE);
+  EXPECT_EQ(fs_->lookup(a, "new.c").err(), ENOENT);
+  // A directory replaced behind the union is followed in place.
+  NodeId b = lookup(kRootNode, "b");
+  write_file(tmp_ / "lower/b.new/y", "y");
+  std::filesystem::rename(tmp_ / "lower/b", tmp_ / "lower/b.old");
+  std::filesystem::rename(tmp_ / "lower/b.new", tmp_ / "lower/b");
+  std::filesystem::remove_all(tmp_ / "lower/b.old");
+  EXPECT_TRUE(fs_->getattr(b).ok());
+  EXPECT_EQ(names(b), (std::vector<std::string>{".", "..", "y"}));
+  EXPECT_EQ(set_.stats().recovered.load(), 1u);
 }
 
-TEST_F(UnionTest, PathStrategyAlwaysOpensTheCurrentFile) {
+TEST_F(UnionTest, AnOpenFileKeepsReadingWhatItOpenedAcrossAReplacement) {
+  for (const char* s : {"A", "B", "C", "auto"}) {
+    SCOPED_TRACE(s);
+    replace_file(tmp_ / "cl/a/BUCK", "cl buck");
+    mount(s);
+    NodeId a = lookup(kRootNode, "a");
+    NodeId buck = lookup(a, "BUCK");
+    auto fd = fs_->open(buck, O_RDONLY);
+    ASSERT_TRUE(fd.ok());
+    replace_file(tmp_ / "cl/a/BUCK", "cl buck, second version");
+    // B learns of changes from their owner (here, the CL builder's event).
+    if (slot_->get().invalidates()) (void)fs_->on_layer_change(1, {{LayerChange::Kind::replaced, "a/BUCK"}});
+    auto fresh = fs_->lookup(a, "BUCK");
+    ASSERT_TRUE(fresh.ok());
+    EXPECT_NE(raw(fresh->node), raw(buck));
+    EXPECT_EQ(read(fresh->node), "cl buck, second version");
+    EXPECT_EQ(read_fd(fd->get()), "cl buck");
+    auto st = fs_->fgetattr(buck, fd->get(), OpenDetails{true});
+    ASSERT_TRUE(st.ok());
+    EXPECT_EQ(st->st_size, off_t(std::string("cl buck").size()));
+    EXPECT_EQ(st->st_ctim.tv_nsec, st->st_mtim.tv_nsec) << "read-only layers report ctime = mtime";
+  }
+}
+
+TEST_F(UnionTest, PathStrategyAlwaysReachesTheCurrentFile) {
   mount("C");
-  NodeId buck = lookup(lookup(kRootNode, "a"), "BUCK");
+  NodeId a = lookup(kRootNode, "a");
+  NodeId buck = lookup(a, "BUCK");
   for (int v = 2; v < 5; ++v) {
     std::string content = "cl buck v" + std::to_string(v);
     replace_file(tmp_ / "cl/a/BUCK", content);
-    EXPECT_EQ(read(buck), content);
+    EXPECT_EQ(*kernel_read(*fs_, a, "BUCK", buck), content);
+    buck = lookup(a, "BUCK");
     EXPECT_TRUE(fs_->getattr(buck).ok());
   }
 }
@@ -256,10 +310,11 @@ TEST_F(UnionTest, InvalidationDropsHandlesAndChildrenAndNamesWhatTheKernelMustFo
   }
   EXPECT_TRUE(entry);
   EXPECT_TRUE(inode);
-  EXPECT_EQ(read(buck), "cl buck v2");  // an open fd's node follows the new object
+  EXPECT_EQ(fs_->getattr(buck).err(), ESTALE);  // retired: one node, one object
   auto e = fs_->lookup(a, "BUCK");
   ASSERT_TRUE(e.ok());
   EXPECT_NE(raw(e->node), raw(buck));
+  EXPECT_EQ(read(e->node), "cl buck v2");
   EXPECT_TRUE(fs_->lookup(a, "added.c").ok());
 }
 
@@ -270,8 +325,8 @@ TEST_F(UnionTest, SwitchingFromNoneHealsStaleNodes) {
   EXPECT_EQ(fs_->getattr(buck).err(), ESTALE);
   slot_->set(set_.find("B"));
   fs_->drop_caches();
-  EXPECT_TRUE(fs_->getattr(buck).ok());
-  EXPECT_EQ(read(buck), "v2");
+  // The kernel's re-walk now meets a new node instead of the stale one.
+  EXPECT_EQ(*kernel_read(*fs_, lookup(kRootNode, "a"), "BUCK", buck), "v2");
 }
 
 // A lower layer whose owner cannot fetch: the error reaches the operation
