@@ -170,7 +170,8 @@ bool LowerStore::listing_differs(const std::map<std::string, Child>& old, const 
 
 Result<std::vector<LowerStore::Item>> LowerStore::fetch_listing(const std::string& rel,
                                                                 const std::map<std::string, Child>& old) {
-  auto listing = mega_.content_hash(repo_path(rel));
+  std::vector<remote::DroppedItem> dropped;
+  auto listing = mega_.content_hash(repo_path(rel), &dropped);
   if (!listing) return listing.error();
   std::vector<Item> items;
   items.reserve(listing->size());
@@ -179,9 +180,7 @@ Result<std::vector<LowerStore::Item>> LowerStore::fetch_listing(const std::strin
     const char* why = mirror::bad_name_reason(t.name);
     if (!why && !seen.insert(t.name).second) why = "duplicate";  // the first one is served
     if (why) {
-      ++stats_.dropped_names;
-      log::warn("lower_dropped_name",
-                {{"dir", repo_path(rel)}, {"name", mirror::escape(t.name)}, {"reason", why}});
+      dropped.push_back({t.name, why});
       continue;
     }
     Item item{t.name, t.type == remote::ItemType::directory, t.oid, 0};
@@ -202,7 +201,22 @@ Result<std::vector<LowerStore::Item>> LowerStore::fetch_listing(const std::strin
     }
     items.push_back(std::move(item));
   }
+  if (!dropped.empty()) note_dropped(rel, dropped);
   return items;
+}
+
+void LowerStore::note_dropped(const std::string& rel, const std::vector<remote::DroppedItem>& dropped) {
+  stats_.dropped_names += dropped.size();
+  {
+    // Once per directory: a bad entry comes back with every refresh.
+    std::lock_guard l(mu_);
+    if (!warned_dirs_.insert(rel).second) return;
+  }
+  std::string names;
+  for (size_t i = 0; i < dropped.size() && i < 10; ++i)
+    names += (i ? "," : "") + mirror::escape(dropped[i].name) + " (" + dropped[i].reason + ")";
+  log::warn("lower_dropped_entries",
+            {{"dir", repo_path(rel)}, {"count", std::to_string(dropped.size())}, {"entries", names}});
 }
 
 Status LowerStore::create_entry(int dirfd, const std::string& path, const Item& item, bool replace, uint64_t* ino) {
@@ -383,9 +397,7 @@ Status LowerStore::ensure_file(const std::string& rel) {
     const Oid oid = f->oid;
     const uint64_t gen = f->gen;
     l.unlock();
-    auto blob = mega_.blob(oid);
-    if (blob && git_blob_oid(*blob) != oid)
-      blob = Error{EIO, 0, "blob " + oid.hex() + " does not hash to its oid"};
+    auto blob = mega_.blob(oid);  // checked against the oid by the client
     l.lock();
     if (!blob) {
       ++stats_.fetch_errors;

@@ -41,6 +41,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <set>
 #include <string_view>
 #include <unordered_set>
 #include <vector>
@@ -61,7 +62,7 @@ struct LowerStoreStats {
   std::atomic<uint64_t> blobs_fetched{0};     // successful blob downloads
   std::atomic<uint64_t> blob_bytes{0};
   std::atomic<uint64_t> fetch_errors{0};      // failed listings, HEADs and blob downloads
-  std::atomic<uint64_t> dropped_names{0};     // hostile or duplicate names left out of the mirror
+  std::atomic<uint64_t> dropped_names{0};     // entries left out: hostile or duplicate names, malformed entries
 };
 
 class LowerStore {
@@ -159,6 +160,8 @@ class LowerStore {
   };
 
   static bool listing_differs(const std::map<std::string, Child>& old, const std::vector<Item>& items);
+  // Counts entries a listing left out, and warns once per directory.
+  void note_dropped(const std::string& rel, const std::vector<remote::DroppedItem>& dropped);
   Result<std::vector<Item>> fetch_listing(const std::string& rel, const std::map<std::string, Child>& old);
   Status apply_listing(const std::string& rel, Dir& dir, const std::vector<Item>& items,
                        std::vector<LayerChange>& events);
@@ -189,6 +192,7 @@ class LowerStore {
   std::map<std::string, Dir> dirs_;    // guarded by mu_
   std::map<std::string, File> files_;  // guarded by mu_
   std::unordered_set<uint64_t> pending_inos_;  // guarded by mu_; see content_ready
+  std::set<std::string> warned_dirs_;          // guarded by mu_; see note_dropped
   uint64_t next_id_ = 1;               // guarded by mu_; dir ids and file generations
   LayerChangeListener listener_;       // guarded by mu_; copied out before calling
 };

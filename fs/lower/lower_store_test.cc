@@ -394,9 +394,44 @@ TEST(LowerStoreFake, HostileNamesAreDroppedAndTheRestServed) {
   EXPECT_EQ(names_in(dir.path()), (std::set<std::string>{"good.rs", "sub", "dup", long_ok}));
   EXPECT_TRUE(S_ISREG(lstat_of(dir.path() + "/dup")->st_mode)) << "the first of duplicates is served";
   EXPECT_EQ(store.stats().dropped_names.load(), 9u);
-  EXPECT_NE(err.find("lower_dropped_name"), std::string::npos);
-  EXPECT_NE(err.find("name=x\\x00y"), std::string::npos) << err;
+  EXPECT_NE(err.find("event=lower_dropped_entries"), std::string::npos);
+  EXPECT_NE(err.find("count=9"), std::string::npos) << err;
+  EXPECT_NE(err.find("x\\\\x00y"), std::string::npos) << err;  // escaped, then quoted
   EXPECT_TRUE(store.ensure_dir("sub").ok());
+  ASSERT_TRUE(store.ensure_file("good.rs").ok());
+  EXPECT_EQ(slurp(dir.path() + "/good.rs"), "hello\n");
+}
+
+TEST(LowerStoreFake, MalformedEntriesAreDroppedCountedAndWarnedOncePerDirectory) {
+  auto http = test::fake_mega();
+  remote::MegaClient client(test::fake_options(), http);
+  antares::testing::TempDir dir;
+  FakeClock clock;
+  LowerStore store(client, dir.path(), kTtl, clock);
+  const std::string oid = http->add_file("/", "good.rs", "hello\n");
+  http->add_dir("/", "sub");
+  http->add_json("/", {{"name", "link"}, {"content_type", "symlink"}, {"oid", oid}});
+  http->add_json("/", {{"name", "badoid"}, {"content_type", "file"}, {"oid", "xyz"}});
+  http->add_json("/", {{"name", "badsize"}, {"content_type", "file"}, {"oid", oid}, {"size", -1}});
+  http->add_json("/", {{"content_type", "file"}, {"oid", oid}});
+  http->add_json("/", 42);
+
+  ::testing::internal::CaptureStderr();
+  auto s = store.ensure_dir("");  // the root: a bad entry must not stop a mount
+  clock.advance(kTtl);
+  auto again = store.ensure_dir("");
+  std::string err = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(s.ok()) << s.error().describe();
+  ASSERT_TRUE(again.ok()) << again.error().describe();
+  EXPECT_EQ(names_in(dir.path()), (std::set<std::string>{"good.rs", "sub"}));
+  EXPECT_EQ(store.stats().dropped_names.load(), 10u) << "five per listing, two listings";
+  size_t warnings = 0;
+  for (size_t at = err.find("event=lower_dropped_entries"); at != std::string::npos;
+       at = err.find("event=lower_dropped_entries", at + 1))
+    ++warnings;
+  EXPECT_EQ(warnings, 1u) << err;
+  EXPECT_NE(err.find("unknown content_type"), std::string::npos) << err;
+  EXPECT_NE(err.find("badoid"), std::string::npos) << err;
   ASSERT_TRUE(store.ensure_file("good.rs").ok());
   EXPECT_EQ(slurp(dir.path() + "/good.rs"), "hello\n");
 }

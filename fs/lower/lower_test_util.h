@@ -107,6 +107,11 @@ class FakeMega : public remote::HttpClient {
     std::lock_guard l(mu_);
     dirs_[dir].push_back(std::move(item));
   }
+  // An entry sent exactly as given (malformed ones included), after the items.
+  void add_json(const std::string& dir, nlohmann::json entry) {
+    std::lock_guard l(mu_);
+    raw_[dir].push_back(std::move(entry));
+  }
   void add_blob(const std::string& content) {
     std::lock_guard l(mu_);
     blobs_[git_blob_oid(content).hex()] = content;
@@ -148,6 +153,7 @@ class FakeMega : public remote::HttpClient {
         if (i.size) j["size"] = *i.size;
         data.push_back(j);
       }
+      for (const auto& j : raw_[path]) data.push_back(j);
       return ok_json(data);
     }
     if (rest.starts_with("/file/blob/")) {
@@ -180,6 +186,7 @@ class FakeMega : public remote::HttpClient {
 
   std::mutex mu_;
   std::map<std::string, std::vector<Item>> dirs_{{"/", {}}};
+  std::map<std::string, std::vector<nlohmann::json>> raw_;
   std::map<std::string, std::string> blobs_;
   nlohmann::json cl_ = nlohmann::json::array();
   Hook hook_;

@@ -59,6 +59,7 @@ Verdict<json> envelope_data(const HttpResponse& r, const std::string& what) {
 std::optional<TreeItem> parse_item(const json& it, std::string* why) {
   if (!it.is_object()) return *why = "item is not an object", std::nullopt;
   if (!it.contains("name") || !it["name"].is_string()) return *why = "item without a string name", std::nullopt;
+  // From here on the entry has a name: a bad field drops this entry only.
   if (!it.contains("content_type") || !it["content_type"].is_string())
     return *why = "item without content_type", std::nullopt;
   if (!it.contains("oid") || !it["oid"].is_string()) return *why = "item without oid", std::nullopt;
@@ -78,17 +79,23 @@ std::optional<TreeItem> parse_item(const json& it, std::string* why) {
   return t;
 }
 
-Verdict<std::vector<TreeItem>> parse_items(const HttpResponse& r, const std::string& what) {
+// The usable entries of a listing; the others go to *dropped.
+Verdict<std::vector<TreeItem>> parse_items(const HttpResponse& r, const std::string& what,
+                                           std::vector<DroppedItem>* dropped) {
   if (r.status < 200 || r.status > 299) return judge_status<std::vector<TreeItem>>(r, what);
   auto data = envelope_data(r, what);
   if (!data.value) return Verdict<std::vector<TreeItem>>::fail(*data.error, data.retry);
   std::vector<TreeItem> out;
   out.reserve(data.value->size());
+  dropped->clear();
   for (const auto& it : *data.value) {
     std::string why;
     auto item = parse_item(it, &why);
-    if (!item)
-      return Verdict<std::vector<TreeItem>>::fail(Error{EBADMSG, r.status, what + ": malformed response: " + why}, true);
+    if (!item) {
+      std::string name = it.is_object() && it.contains("name") && it["name"].is_string() ? it["name"].get<std::string>() : "";
+      dropped->push_back({std::move(name), std::move(why)});
+      continue;
+    }
     out.push_back(std::move(*item));
   }
   return Verdict<std::vector<TreeItem>>::ok(std::move(out));
@@ -161,11 +168,13 @@ Result<T> with_retries(HttpClient& http, MegaClientStats& stats, const RetryPoli
 
 }  // namespace
 
-Result<std::vector<TreeItem>> MegaClient::content_hash(const std::string& path) {
+Result<std::vector<TreeItem>> MegaClient::content_hash(const std::string& path, std::vector<DroppedItem>* dropped) {
   HttpRequest req = request("GET", opts_.base_url + "/api/v1/tree/content-hash?path=" + url_encode_path(path));
   std::string what = "content-hash " + path;
-  return with_retries<std::vector<TreeItem>>(*http_, stats_, opts_.listing, req,
-                                              [&](const HttpResponse& r) { return parse_items(r, what); });
+  std::vector<DroppedItem> local;
+  return with_retries<std::vector<TreeItem>>(*http_, stats_, opts_.listing, req, [&](const HttpResponse& r) {
+    return parse_items(r, what, dropped ? dropped : &local);
+  });
 }
 
 Result<std::optional<TreeItem>> MegaClient::dir_hash(const std::string& path) {
@@ -173,8 +182,11 @@ Result<std::optional<TreeItem>> MegaClient::dir_hash(const std::string& path) {
   std::string what = "dir-hash " + path;
   using T = std::optional<TreeItem>;
   return with_retries<T>(*http_, stats_, opts_.listing, req, [&](const HttpResponse& r) {
-    auto items = parse_items(r, what);
+    std::vector<DroppedItem> dropped;
+    auto items = parse_items(r, what, &dropped);
     if (!items.value) return Verdict<T>::fail(*items.error, items.retry);
+    if (!dropped.empty())  // the one item is the answer: there is nothing else to serve
+      return Verdict<T>::fail(Error{EBADMSG, r.status, what + ": malformed response: " + dropped[0].reason}, true);
     if (items.value->size() > 1)
       return Verdict<T>::fail(Error{EBADMSG, r.status, what + ": malformed response: more than one item"}, true);
     return Verdict<T>::ok(items.value->empty() ? T() : T(std::move(items.value->front())));
@@ -186,6 +198,11 @@ Result<std::string> MegaClient::blob(const Oid& oid) {
   std::string what = "blob " + oid.hex();
   return with_retries<std::string>(*http_, stats_, opts_.blob, req, [&](const HttpResponse& r) {
     if (r.status != 200) return judge_status<std::string>(r, what);
+    // Bytes damaged on the way are a transient failure, like a 5xx.
+    if (git_blob_oid(r.body) != oid)
+      return Verdict<std::string>::fail(
+          Error{EIO, r.status, what + ": " + std::to_string(r.body.size()) + " bytes that do not hash to the oid"},
+          true);
     return Verdict<std::string>::ok(r.body);
   });
 }

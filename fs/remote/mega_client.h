@@ -31,6 +31,13 @@ struct TreeItem {
   std::optional<uint64_t> size;  // extension field; absent on the real Mega
 };
 
+// An entry of a listing that could not be used (no usable name, an unknown
+// content_type, a malformed oid or size): left out, the rest is served.
+struct DroppedItem {
+  std::string name;    // as sent ("" if it had none)
+  std::string reason;  // "unknown content_type 'symlink'", ...
+};
+
 enum class ClAction { added, modified, deleted };  // "new", "modified", "deleted"
 
 struct ClFile {
@@ -62,7 +69,10 @@ struct MegaClientStats {
 // Errors keep their cause (Error::err): transport errors keep the HttpClient's
 // errno (ETIMEDOUT, ECONNREFUSED, ECONNRESET, EPROTO, EIO); HTTP 404 is ENOENT,
 // other HTTP errors and req_result:false are EIO; a malformed response (bad
-// JSON, missing or mistyped fields, bad oid) is EBADMSG. Error::http_status is
+// JSON, a missing envelope field, a `data` that is not a list) is EBADMSG.
+// One malformed entry of a listing does not fail the listing: it is dropped
+// (see content_hash). A blob whose bytes do not hash to its oid is retried
+// like a 5xx, then EIO. Error::http_status is
 // the status of the last attempt (0 if it got none). Listings also retry 5xx
 // and 429, like blobs: a transiently unhealthy server is not an answer.
 // A blob_range at or past EOF (HTTP 416) is an empty string, not an error.
@@ -73,12 +83,13 @@ class MegaClient {
   explicit MegaClient(MegaClientOptions opts, std::shared_ptr<HttpClient> http = nullptr);
 
   // GET /api/v1/tree/content-hash?path=P: the children of directory P,
-  // directories first then by name, as the server sent them.
-  Result<std::vector<TreeItem>> content_hash(const std::string& path);
+  // directories first then by name, as the server sent them. Entries that
+  // cannot be used are left out and, if `dropped` is given, listed there.
+  Result<std::vector<TreeItem>> content_hash(const std::string& path, std::vector<DroppedItem>* dropped = nullptr);
   // GET /api/v1/tree/dir-hash?path=P: the tree entry of P itself, nullopt if the
   // server returned no item.
   Result<std::optional<TreeItem>> dir_hash(const std::string& path);
-  // GET /api/v1/file/blob/{oid}: the whole blob.
+  // GET /api/v1/file/blob/{oid}: the whole blob, checked against its oid.
   Result<std::string> blob(const Oid& oid);
   // GET with Range: bytes [offset, offset+length) of a blob (shorter at EOF).
   Result<std::string> blob_range(const Oid& oid, uint64_t offset, uint64_t length);

@@ -123,21 +123,58 @@ TEST_F(MegaClientTest, FinalAnswersAreNotRetried) {
   EXPECT_EQ(http->requests.size(), 1u) << "req_result:false is an answer, not a glitch";
 }
 
-TEST_F(MegaClientTest, MalformedShapesAreEbadmsg) {
+TEST_F(MegaClientTest, MalformedEnvelopesAreEbadmsg) {
   for (std::string body : {
            std::string(R"({"req_result":true,"data":{}})"),
            std::string(R"({"data":[]})"),
-           std::string(R"({"req_result":true,"data":[{"name":"a","content_type":"symlink","oid":")") + kOid + "\"}]}",
-           std::string(R"({"req_result":true,"data":[{"name":"a","content_type":"file","oid":"xyz"}]})"),
-           std::string(R"({"req_result":true,"data":[{"name":7,"content_type":"file","oid":")") + kOid + "\"}]}",
-           std::string(R"({"req_result":true,"data":[{"name":"a","content_type":"file","oid":")") + kOid +
-               R"(","size":-1}]})",
+           std::string(R"(not json)"),
        }) {
     http->script({ok(body)});
     auto r = client.content_hash("/");
     ASSERT_FALSE(r.ok()) << body;
     EXPECT_EQ(r.err(), EBADMSG) << body;
   }
+}
+
+TEST_F(MegaClientTest, MalformedEntriesAreDroppedAndTheRestServed) {
+  const std::string good = R"({"name":"ok","content_type":"file","oid":")" + kOid + "\"}";
+  for (std::string bad : {
+           std::string(R"({"name":"a","content_type":"symlink","oid":")") + kOid + "\"}",
+           std::string(R"({"name":"a","content_type":"file","oid":"xyz"})"),
+           std::string(R"({"name":7,"content_type":"file","oid":")") + kOid + "\"}",
+           std::string(R"({"name":"a","content_type":"file","oid":")") + kOid + R"(","size":-1})",
+           std::string(R"({"name":"a","oid":")") + kOid + "\"}",
+           std::string(R"("just a string")"),
+       }) {
+    http->requests.clear();
+    http->script({ok(R"({"req_result":true,"data":[)" + bad + "," + good + "]}")});
+    std::vector<DroppedItem> dropped;
+    auto r = client.content_hash("/", &dropped);
+    ASSERT_TRUE(r.ok()) << bad << ": " << r.error().describe();
+    ASSERT_EQ(r->size(), 1u) << bad;
+    EXPECT_EQ((*r)[0].name, "ok");
+    ASSERT_EQ(dropped.size(), 1u) << bad;
+    EXPECT_FALSE(dropped[0].reason.empty());
+    EXPECT_EQ(http->requests.size(), 1u) << "a listing with a bad entry is an answer, not a glitch";
+  }
+  // dir-hash's one item is the answer itself: malformed, it is an error.
+  http->script({ok(R"({"req_result":true,"data":[{"name":"a","content_type":"symlink","oid":")" + kOid + "\"}]}")});
+  EXPECT_EQ(client.dir_hash("/a").err(), EBADMSG);
+}
+
+TEST_F(MegaClientTest, BlobWhoseBytesFailTheOidCheckIsRetriedLikeA5xx) {
+  http->script({ok("hellO\n"), ok("hello\n")});
+  auto b = client.blob(*Oid::from_hex(kOid));
+  ASSERT_TRUE(b.ok()) << b.error().describe();
+  EXPECT_EQ(*b, "hello\n");
+  EXPECT_EQ(http->requests.size(), 2u);
+
+  http->requests.clear();
+  http->script({ok("corrupt every time")});
+  auto bad = client.blob(*Oid::from_hex(kOid));
+  EXPECT_EQ(bad.err(), EIO);
+  EXPECT_NE(bad.error().message.find("do not hash"), std::string::npos) << bad.error().message;
+  EXPECT_EQ(http->requests.size(), 4u);
 }
 
 TEST_F(MegaClientTest, BlobRetriesOnlyTransientFailures) {
