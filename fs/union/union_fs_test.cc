@@ -9,7 +9,11 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <filesystem>
+#include <future>
+#include <set>
+#include <thread>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -51,11 +55,11 @@ class UnionTest : public ::testing::Test {
     ASSERT_EQ(::mknod((tmp_ / "cl/a/gone.c").c_str(), S_IFCHR | 0, makedev(0, 0)), 0);
   }
 
-  void mount(const char* strategy) {
+  void mount(const char* strategy, LayerHooks* lower_hooks = nullptr) {
     std::vector<std::unique_ptr<Layer>> layers;
     layers.push_back(std::move(*Layer::open("upper", tmp_ / "upper", true)));
     layers.push_back(std::move(*Layer::open("cl", tmp_ / "cl", false)));
-    layers.push_back(std::move(*Layer::open("lower", tmp_ / "lower", false)));
+    layers.push_back(std::move(*Layer::open("lower", tmp_ / "lower", false, lower_hooks)));
     slot_ = std::make_unique<StrategySlot>(set_.find(strategy));
     fs_ = std::make_unique<UnionFs>(std::move(layers), *slot_);
     ASSERT_TRUE(fs_->init().ok());
@@ -327,6 +331,115 @@ TEST_F(UnionTest, SwitchingFromNoneHealsStaleNodes) {
   fs_->drop_caches();
   // The kernel's re-walk now meets a new node instead of the stale one.
   EXPECT_EQ(*kernel_read(*fs_, lookup(kRootNode, "a"), "BUCK", buck), "v2");
+}
+
+// A lower layer whose owner's fetches can be held at a gate (a slow server),
+// and whose placeholders can be declared unfilled.
+class GatedHooks : public LayerHooks {
+ public:
+  Status before_open(const std::string&) override { return pass(hold_open, in_open); }
+  Status before_dir(const std::string&) override { return pass(hold_dir, in_dir); }
+  bool content_ready(uint64_t ino) override {
+    std::lock_guard l(mu);
+    return !pending.count(ino);
+  }
+  // Waits (bounded) until a caller is held at the gate of `counter`.
+  bool wait_entered(const int& counter) {
+    std::unique_lock l(mu);
+    return cv.wait_for(l, std::chrono::seconds(10), [&] { return counter > 0; });
+  }
+  void release() {
+    std::lock_guard l(mu);
+    hold_open = hold_dir = false;
+    cv.notify_all();
+  }
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool hold_open = false, hold_dir = false;
+  int in_open = 0, in_dir = 0;
+  std::set<uint64_t> pending;
+
+ private:
+  Status pass(const bool& hold, int& entered) {
+    std::unique_lock l(mu);
+    if (!hold) return {};
+    entered++;
+    cv.notify_all();
+    cv.wait(l, [&] { return !hold; });
+    return {};
+  }
+};
+
+TEST_F(UnionTest, CopyUpFetchesContentWithoutHoldingTheUnionLock) {
+  GatedHooks hooks;
+  mount("auto", &hooks);
+  NodeId a = lookup(kRootNode, "a");
+  NodeId src = lookup(a, "src.c");  // lower only: a write copies it up
+  {
+    std::lock_guard l(hooks.mu);
+    hooks.hold_open = true;
+  }
+  std::thread writer([&] { EXPECT_TRUE(fs_->open(src, O_RDWR).ok()); });
+  ASSERT_TRUE(hooks.wait_entered(hooks.in_open));
+  // While the copy-up waits for the server, other requests go on.
+  auto other = std::async(std::launch::async, [&] { return fs_->getattr(a).ok(); });
+  EXPECT_EQ(other.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  hooks.release();
+  writer.join();
+  EXPECT_TRUE(other.get());
+  EXPECT_EQ(read(src), "lower src");
+}
+
+TEST_F(UnionTest, UnderBAnEstaleWaitsOnlyForChangesThatHappen) {
+  GatedHooks hooks;
+  mount("B", &hooks);
+  NodeId a = lookup(kRootNode, "a");
+  NodeId added = lookup(a, "new.c");
+  {
+    std::lock_guard l(hooks.mu);
+    hooks.hold_dir = true;
+  }
+  // A listing in flight (a slow server) is no change of the layer...
+  std::thread lister([&] { (void)fs_->lookup(a, "BUCK"); });
+  ASSERT_TRUE(hooks.wait_entered(hooks.in_dir));
+  // ...so an ESTALE nobody announced comes back at once, not after it.
+  replace_file(tmp_ / "cl/a/new.c", "replaced behind the union");
+  auto st = std::async(std::launch::async, [&] { return fs_->getattr(added).err(); });
+  EXPECT_EQ(st.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  hooks.release();
+  lister.join();
+  EXPECT_EQ(st.get(), ESTALE);
+  EXPECT_EQ(fs_->stats().change_races.load(), 0u);
+}
+
+TEST_F(UnionTest, UnlinkFailsRatherThanSkipAWhiteoutItCannotCheck) {
+  mount("none");
+  write_file(tmp_ / "upper/a/src.c", "upper src");
+  NodeId a = lookup(kRootNode, "a");
+  lookup(a, "src.c");
+  // The lower directory is replaced behind the union: its handle is stale.
+  write_file(tmp_ / "lower/a.new/src.c", "lower src");
+  std::filesystem::rename(tmp_ / "lower/a", tmp_ / "lower/a.old");
+  std::filesystem::rename(tmp_ / "lower/a.new", tmp_ / "lower/a");
+  std::filesystem::remove_all(tmp_ / "lower/a.old");
+  EXPECT_EQ(fs_->unlink(a, "src.c").err(), ESTALE);
+  EXPECT_TRUE(std::filesystem::exists(tmp_ / "upper/a/src.c")) << "nothing changes when a layer cannot be read";
+}
+
+TEST_F(UnionTest, AnOpenNeverServesAPlaceholderItsOwnerNeverFilled) {
+  GatedHooks hooks;
+  mount("A", &hooks);
+  NodeId src = lookup(lookup(kRootNode, "a"), "src.c");
+  struct stat st {};
+  ASSERT_EQ(::stat((tmp_ / "lower/a/src.c").c_str(), &st), 0);
+  {
+    std::lock_guard l(hooks.mu);
+    hooks.pending.insert(st.st_ino);  // superseded before its bytes came
+  }
+  EXPECT_EQ(fs_->open(src, O_RDONLY).err(), ESTALE);
+  EXPECT_EQ(fs_->open(src, O_RDWR).err(), ESTALE) << "nor copies it up";
+  EXPECT_FALSE(std::filesystem::exists(tmp_ / "upper/a/src.c"));
 }
 
 // A lower layer whose owner cannot fetch: the error reaches the operation
