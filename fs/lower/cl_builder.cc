@@ -6,6 +6,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <optional>
 #include <set>
 
 #include "common/log.h"
@@ -99,6 +100,9 @@ Status ClBuilder::write_entry(int root_fd, const std::string& path, const Want& 
   auto dir = mirror::open_dir(root_fd, parent, /*create=*/true, created_dir);
   if (!dir) return dir.error();
   const int dfd = dir->get();
+  // A new version of a listed file is not a change of its directory's names.
+  std::optional<mirror::KeepDirMtime> same_names;
+  if (replace && ::faccessat(dfd, name.c_str(), F_OK, AT_SYMLINK_NOFOLLOW) == 0) same_names.emplace(dfd);
   std::string tmp;
   if (want.whiteout()) {
     if (!replace) {

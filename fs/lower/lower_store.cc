@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <set>
 
 #include "common/log.h"
@@ -246,6 +247,7 @@ Status LowerStore::create_entry(int dirfd, const std::string& path, const Item& 
     if (errno != EEXIST) return mirror::errno_error("create placeholder", path);
   }
   // Replace atomically: the old inode is gone the moment the new one appears.
+  mirror::KeepDirMtime same_names(dirfd);  // a new version of a file, not a new name
   auto tmp = mirror::create_temp_file(dirfd, 0644);
   if (!tmp) return tmp.error();
   if (::ftruncate(tmp->first.get(), static_cast<off_t>(item.size)) != 0 || !note_ino(tmp->first.get())) {
@@ -299,18 +301,8 @@ Status LowerStore::apply_listing(const std::string& rel, Dir& dir, const std::ve
   using Kind = LayerChange::Kind;
   // Writing out a directory's first listing is not a change of the
   // directory: its mtime stays the one it got when it appeared.
-  struct stat first {};
-  const bool keep_mtime = !dir.listed && ::fstat(fd, &first) == 0;
-  struct RestoreMtime {
-    int fd;
-    bool on;
-    struct timespec mtime;
-    ~RestoreMtime() {
-      if (!on) return;
-      const struct timespec ts[2] = {{0, UTIME_OMIT}, mtime};
-      ::utimensat(AT_FDCWD, ("/proc/self/fd/" + std::to_string(fd)).c_str(), ts, 0);
-    }
-  } restore{fd, keep_mtime, first.st_mtim};
+  std::optional<mirror::KeepDirMtime> first_listing;
+  if (!dir.listed) first_listing.emplace(fd);
 
   std::map<std::string, Child> next;
   std::set<std::string_view> listed;

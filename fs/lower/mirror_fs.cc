@@ -170,6 +170,19 @@ Status write_whole(int fd, std::string_view data, std::string_view path) {
   return {};
 }
 
+KeepDirMtime::KeepDirMtime(int dirfd) : dirfd_(dirfd) {
+  struct stat st;
+  ok_ = ::fstat(dirfd, &st) == 0;
+  mtime_ = st.st_mtim;
+}
+
+KeepDirMtime::~KeepDirMtime() {
+  if (!ok_) return;
+  const struct timespec ts[2] = {{0, UTIME_OMIT}, mtime_};
+  // dirfd may be O_PATH: its /proc link reaches the directory itself.
+  ::utimensat(AT_FDCWD, ("/proc/self/fd/" + std::to_string(dirfd_)).c_str(), ts, 0);
+}
+
 Status rename_into_place(int dirfd, const std::string& from, const std::string& to, std::string_view path) {
   if (::renameat(dirfd, from.c_str(), dirfd, to.c_str()) == 0) return {};
   Error e = errno_error("rename over", path);

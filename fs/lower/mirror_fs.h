@@ -7,6 +7,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <time.h>
 
 #include <string>
 #include <string_view>
@@ -61,6 +62,24 @@ Result<std::pair<Fd, std::string>> create_temp_file(int dirfd, mode_t mode);
 Result<std::string> create_temp_whiteout(int dirfd);
 // Writes all of data at offset 0 and truncates the file to its length.
 Status write_whole(int fd, std::string_view data, std::string_view path);
+// Keeps a directory's mtime across a change that is not a change of its
+// names: a file replaced by a new inode (how a new version lands), a first
+// listing written out. Readers of the union must not see those as the
+// directory changing (tar's "file changed as we read it"). Records the mtime
+// when made, puts it back when destroyed; best effort.
+class KeepDirMtime {
+ public:
+  explicit KeepDirMtime(int dirfd);
+  ~KeepDirMtime();
+  KeepDirMtime(const KeepDirMtime&) = delete;
+  KeepDirMtime& operator=(const KeepDirMtime&) = delete;
+
+ private:
+  int dirfd_;
+  bool ok_ = false;
+  struct timespec mtime_ {};
+};
+
 // renameat(dirfd, from, dirfd, to); on failure the temp `from` is unlinked.
 Status rename_into_place(int dirfd, const std::string& from, const std::string& to, std::string_view path);
 

@@ -14,7 +14,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
+#include <thread>
 
 #include "fs/tests/e2e_util.h"
 
@@ -287,6 +289,10 @@ TEST_P(PosixE2E, AttributesDoNotChangeWhenContentIsFetched) {
   refresh(*m_);
   (void)list_dir(mnt(rel(dir)));  // applies the new listing: a new placeholder
   check_file("after a server change");
+  // A file's new version is not a change of its directory's names.
+  const struct stat d3 = lstat_of(mnt(rel(dir)));
+  EXPECT_EQ(d2.st_ctim.tv_nsec, d3.st_ctim.tv_nsec);
+  EXPECT_EQ(d2.st_mtim.tv_nsec, d3.st_mtim.tv_nsec);
 }
 
 TEST_P(PosixE2E, TarSeesNoFileChangeAfterAServerChange) {
@@ -300,6 +306,46 @@ TEST_P(PosixE2E, TarSeesNoFileChangeAfterAServerChange) {
   int rc = testing::run({"/bin/tar", "-cf", dir_ / "t.tar", "-C", m_->mnt(), rel(dir)}, &out, &err);
   EXPECT_EQ(rc, 0) << err;
   EXPECT_EQ(err.find("changed"), std::string::npos) << err;
+}
+
+// tar and git over a subtree (a git worktree in the mount) while the server
+// modifies its files: no "file changed as we read it", no stale handle.
+TEST_P(PosixE2E, TarAndGitStatusStayQuietWhileTheServerChangesFiles) {
+  mount();
+  const std::string file = lower_only_files(mega_, 1)[0];
+  const std::string sub = split_repo_path(split_repo_path(file).first).first;  // two levels up
+  const std::string root = mnt(rel(sub));
+  auto run_in = [&](std::vector<std::string> argv, std::string* err) {
+    std::vector<std::string> full = {"/usr/bin/env", "-C", root, "HOME=" + dir_.path(), "GIT_CONFIG_NOSYSTEM=1"};
+    full.insert(full.end(), argv.begin(), argv.end());
+    return testing::run(full, nullptr, err, std::chrono::seconds(120));
+  };
+  std::string err;
+  ASSERT_EQ(run_in({"git", "init", "-q", "."}, &err), 0) << err;
+  ASSERT_EQ(run_in({"git", "add", "-A"}, &err), 0) << err;
+  ASSERT_EQ(run_in({"git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"}, &err), 0) << err;
+  std::vector<std::string> files;
+  for (auto& p : paths_of_class(mega_, "source"))
+    if (p.rfind(sub + "/", 0) == 0) files.push_back(p);
+  ASSERT_FALSE(files.empty());
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> changes{0};
+  std::thread mutator([&] {
+    for (size_t i = 0; !stop; ++i) {
+      mutate(mega_, json::array({{{"kind", "modify"}, {"path", files[i % files.size()]}}}));
+      changes++;
+    }
+  });
+  std::vector<std::string> complaints;
+  for (int i = 0; i < 10; ++i) {
+    if (run_in({"tar", "-cf", dir_ / "t.tar", "."}, &err) != 0 || !err.empty()) complaints.push_back("tar: " + err);
+    if (run_in({"git", "status", "--porcelain"}, &err) != 0 || !err.empty()) complaints.push_back("git: " + err);
+  }
+  stop = true;
+  mutator.join();
+  EXPECT_GT(changes.load(), 6) << "the server must change files during the run";
+  EXPECT_TRUE(complaints.empty()) << complaints.size() << " complaints, first: " << complaints.front();
 }
 
 INSTANTIATE_TEST_SUITE_P(Strategies, PosixE2E, ::testing::Values("A", "B", "C", "auto"),
