@@ -341,6 +341,7 @@ nlohmann::json Daemon::status_json() {
             {"dir_reloads", us.dir_reloads.load()},
             {"change_races", us.change_races.load()},
             {"renewed_nodes", us.renewed_nodes.load()},
+            {"retired_nodes", us.retired_nodes.load()},
             {"copy_ups", us.copy_ups.load()}}}};
 }
 
