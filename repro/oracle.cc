@@ -109,11 +109,13 @@ void History::set_lower(const std::string& path, int64_t t, std::optional<Oid> o
   tl.push_back({t, oid});
 }
 
-std::vector<std::string> History::present_under(const std::string& dir, int64_t t) const {
+std::optional<Oid> History::latest(const Timeline& tl) { return tl.empty() ? std::nullopt : tl.back().oid; }
+
+std::vector<std::string> History::present_now_under(const std::string& dir) const {
   std::vector<std::string> out;
   std::string prefix = dir_prefix(dir);
   for (auto it = lower_.lower_bound(prefix); it != lower_.end() && starts_with(it->first, prefix); ++it)
-    if (state_at(it->second, t)) out.push_back(it->first);
+    if (latest(it->second)) out.push_back(it->first);
   return out;
 }
 
@@ -129,20 +131,22 @@ void History::apply(const LogEntry& e) {
   } else if (e.kind == "add") {
     set_lower(e.path, t, e.new_oid, std::nullopt);
   } else if (e.kind == "delete") {
+    // Entries apply in log order: "before this entry" is each timeline's last
+    // point, not the state a microsecond earlier (a batch shares one time).
     auto it = lower_.find(e.path);
-    bool is_file = it != lower_.end() && state_at(it->second, t - 1).has_value();
-    if (is_file || present_under(e.path, t - 1).empty()) {
+    bool is_file = it != lower_.end() && latest(it->second).has_value();
+    if (is_file || present_now_under(e.path).empty()) {
       set_lower(e.path, t, std::nullopt, e.old_oid);
     } else {
-      for (const auto& f : present_under(e.path, t - 1)) set_lower(f, t, std::nullopt, state_at(lower_[f], t - 1));
+      for (const auto& f : present_now_under(e.path)) set_lower(f, t, std::nullopt, latest(lower_[f]));
     }
   } else if (e.kind == "rename") {
     std::optional<Oid> oid = e.new_oid ? e.new_oid : e.old_oid;
     set_lower(e.path, t, std::nullopt, e.old_oid ? e.old_oid : oid);
     set_lower(e.to, t, oid, std::nullopt);
   } else if (e.kind == "rename_dir") {
-    for (const auto& f : present_under(e.path, t - 1)) {
-      auto oid = state_at(lower_[f], t - 1);
+    for (const auto& f : present_now_under(e.path)) {
+      auto oid = latest(lower_[f]);
       set_lower(f, t, std::nullopt, oid);
       set_lower(e.to + f.substr(e.path.size()), t, oid, std::nullopt);
     }

@@ -116,7 +116,10 @@ class History {
 
   static std::optional<Oid> state_at(const Timeline& tl, int64_t t);
   void set_lower(const std::string& path, int64_t t, std::optional<Oid> oid, const std::optional<Oid>& old_oid);
-  std::vector<std::string> present_under(const std::string& dir, int64_t t) const;
+  // The timeline's last point: the state before the entry being applied.
+  static std::optional<Oid> latest(const Timeline& tl);
+  // Files under dir that exist as of the last applied entry.
+  std::vector<std::string> present_now_under(const std::string& dir) const;
   void change_times(const std::string& path, std::vector<int64_t>* out) const;
 
   std::optional<uint32_t> cl_;

@@ -162,6 +162,22 @@ TEST(Oracle, CauseIsTheLatestChangeTouchingThePath) {
   EXPECT_FALSE(h.cause("/a/b/c", 500 * kMs));
 }
 
+// Mock-mega applies a batch of mutations in one millisecond: a file
+// modified and then moved with its directory in the same batch arrives at
+// the new path with the new bytes.
+TEST(Oracle, ChangesInOneMillisecondApplyInLogOrder) {
+  History h;
+  h.add_initial_file("/d/f", oid("v1"));
+  h.add_initial_file("/e/g", oid("g1"));
+  h.apply(entry(1, 5'000 * kMs, "modify", "/d/f", oid("v1"), oid("v2")));
+  h.apply(entry(2, 5'000 * kMs, "rename_dir", "/d", std::nullopt, std::nullopt, "/d2"));
+  EXPECT_EQ(h.classify_read("/d2/f", oid("v2"), 6'000 * kMs, 6'001 * kMs, kWindow).cls, ReadClass::fresh);
+  h.apply(entry(3, 7'000 * kMs, "modify", "/e/g", oid("g1"), oid("g2")));
+  h.apply(entry(4, 7'000 * kMs, "delete", "/e", std::nullopt, std::nullopt));
+  // The deleted file was g1 until the batch: stale within the window after it.
+  EXPECT_EQ(h.classify_read("/e/g", oid("g1"), 7'500 * kMs, 7'501 * kMs, kWindow).cls, ReadClass::stale_within);
+}
+
 TEST(Oracle, LogEntryJsonRoundTrip) {
   auto j = nlohmann::json::parse(R"({"id":7,"version":8,"time_ms":1764043200123,"kind":"cl","path":"/apps/x/BUCK",
     "old_oid":null,"new_oid":"0123456789abcdef0123456789abcdef01234567","cl":1,"action":"new"})");
