@@ -1,4 +1,4 @@
-#include "repro/process.h"
+#include "common/process.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -16,18 +16,32 @@
 #include <sstream>
 #include <thread>
 
-namespace antares::repro {
+#include "common/mountinfo.h"
+
+extern "C" char** environ;
+
+namespace antares {
 namespace {
 
 int decode_status(int st) { return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st); }
 
 // Prepares everything before fork: the child may only call async-signal-safe functions.
 struct SpawnPlan {
-  std::vector<std::string> argv;
-  std::vector<char*> args;
+  std::vector<std::string> argv, env;  // env: NAME=value added to ours
+  std::vector<char*> args, envp;
   void build() {
     for (auto& a : argv) args.push_back(a.data());
     args.push_back(nullptr);
+    if (env.empty()) return;
+    for (auto& e : env) envp.push_back(e.data());
+    for (char** e = environ; *e; ++e) {
+      std::string_view kv(*e);
+      std::string_view name = kv.substr(0, kv.find('='));
+      bool overridden = false;
+      for (const auto& x : env) overridden |= x.compare(0, name.size() + 1, std::string(name) + "=") == 0;
+      if (!overridden) envp.push_back(*e);
+    }
+    envp.push_back(nullptr);
   }
 };
 
@@ -45,27 +59,15 @@ struct SpawnPlan {
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
   signal(SIGPIPE, SIG_DFL);
-  execv(plan.args[0], plan.args.data());
+  if (plan.envp.empty()) execv(plan.args[0], plan.args.data());
+  else execve(plan.args[0], plan.args.data(), plan.envp.data());
   _exit(127);
-}
-
-std::string unescape_mountinfo(std::string_view s) {
-  std::string o;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '3') {
-      o += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
-      i += 3;
-    } else {
-      o += s[i];
-    }
-  }
-  return o;
 }
 
 }  // namespace
 
 Result<std::unique_ptr<Child>> Child::spawn(const std::vector<std::string>& argv, const std::string& stdout_path,
-                                            const std::string& stderr_path) {
+                                            const std::string& stderr_path, const std::vector<std::string>& env) {
   if (argv.empty()) return Error::from_errno(EINVAL, "empty command");
   if (access(argv[0].c_str(), X_OK) != 0) return Error::from_errno(errno, "cannot execute " + argv[0]);
   int out_fd = -1, err_fd = -1;
@@ -83,6 +85,7 @@ Result<std::unique_ptr<Child>> Child::spawn(const std::vector<std::string>& argv
   }
   SpawnPlan plan;
   plan.argv = argv;
+  plan.env = env;
   plan.build();
   pid_t parent = getpid();
   pid_t pid = fork();
@@ -136,7 +139,8 @@ int Child::terminate(std::chrono::milliseconds timeout) {
   return code_;
 }
 
-Result<CommandResult> run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
+Result<CommandResult> run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
+                                  const std::vector<std::string>& env) {
   if (argv.empty()) return Error::from_errno(EINVAL, "empty command");
   if (access(argv[0].c_str(), X_OK) != 0) return Error::from_errno(errno, "cannot execute " + argv[0]);
   int out_pipe[2], err_pipe[2];
@@ -149,6 +153,7 @@ Result<CommandResult> run_command(const std::vector<std::string>& argv, std::chr
   }
   SpawnPlan plan;
   plan.argv = argv;
+  plan.env = env;
   plan.build();
   pid_t parent = getpid();
   pid_t pid = fork();
@@ -197,41 +202,9 @@ Result<CommandResult> run_command(const std::vector<std::string>& argv, std::chr
   return r;
 }
 
-bool mountinfo_has_fuse(std::string_view text, const std::string& dir) {
-  while (!text.empty()) {
-    size_t nl = text.find('\n');
-    std::string_view line = text.substr(0, nl);
-    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
-    // id parent major:minor root mountpoint options [optional...] - fstype source super
-    size_t pos = 0;
-    std::string_view fields[5];
-    bool ok = true;
-    for (int i = 0; i < 5; ++i) {
-      size_t sp = line.find(' ', pos);
-      if (sp == std::string_view::npos) {
-        ok = i == 4;
-        fields[i] = line.substr(pos);
-        pos = line.size();
-        break;
-      }
-      fields[i] = line.substr(pos, sp - pos);
-      pos = sp + 1;
-    }
-    if (!ok) continue;
-    size_t sep = line.find(" - ");
-    if (sep == std::string_view::npos) continue;
-    std::string_view fstype = line.substr(sep + 3);
-    fstype = fstype.substr(0, fstype.find(' '));
-    if (unescape_mountinfo(fields[4]) == dir && fstype.substr(0, 4) == "fuse") return true;
-  }
-  return false;
-}
-
 bool is_fuse_mounted(const std::string& dir) {
-  std::ifstream f("/proc/self/mountinfo");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return mountinfo_has_fuse(ss.str(), dir);
+  auto m = mount_at(dir);
+  return m && is_fuse_mount(*m);
 }
 
 bool force_unmount(const std::string& dir) {
@@ -258,11 +231,7 @@ Result<std::unique_ptr<TempDir>> TempDir::create(const std::string& prefix) {
 TempDir::~TempDir() {
   if (keep_ || path_.empty()) return;
   // Never recurse into a live mount: a lazily detached one is gone from the tree.
-  std::ifstream f("/proc/self/mountinfo");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  std::string info = ss.str();
-  if (info.find(" " + path_ + "/") != std::string::npos) return;
+  if (has_mount_below(read_mountinfo(), path_)) return;
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
 }
@@ -276,4 +245,4 @@ std::string self_dir() {
   return s == std::string::npos ? "." : p.substr(0, s);
 }
 
-}  // namespace antares::repro
+}  // namespace antares
