@@ -13,6 +13,7 @@
 
 #include "common/duration.h"
 #include "common/log.h"
+#include "common/version.h"
 #include "mock-mega/server.h"
 
 namespace {
@@ -42,6 +43,7 @@ with an admin API (/admin/...) and Prometheus metrics (/metrics).
   --http-threads N      HTTP worker threads (default 64)
   --log-level L         debug, info, warn, error, off (default info)
   -h, --help            this text
+  -V, --version         print the version
 
 Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 if the server cannot
 start (port busy, unreadable fault file), 2 for a bad command line.
@@ -99,10 +101,11 @@ int main(int argc, char** argv) {
       {"http-threads", required_argument, nullptr, kThreads},
       {"log-level", required_argument, nullptr, kLogLevel},
       {"help", no_argument, nullptr, 'h'},
+      {"version", no_argument, nullptr, 'V'},
       {nullptr, 0, nullptr, 0}};
   opterr = 0;
   int c;
-  while ((c = getopt_long(argc, argv, ":h", kOpts, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, ":hV", kOpts, nullptr)) != -1) {
     switch (c) {
       case kSeed: opts.repo.seed = parse_number<uint64_t>("--seed", optarg, UINT64_MAX); break;
       case kFiles: opts.repo.files = parse_number<uint64_t>("--files", optarg, 20'000'000); break;
@@ -137,6 +140,7 @@ int main(int argc, char** argv) {
         break;
       }
       case 'h': fputs(kUsage, stdout); return 0;
+      case 'V': fputs(antares::version_text("mock-mega").c_str(), stdout); return 0;
       case ':': usage_error(std::string("option ") + argv[optind - 1] + " needs a value");
       default: usage_error(std::string("unknown option ") + argv[optind - 1]);
     }

@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/mountinfo.h"
 #include "testing/subprocess.h"
 
 namespace antares::testing {
@@ -48,9 +49,7 @@ int repro(std::vector<std::string> args, const TempDir& dir, json* report, std::
 }
 
 // Whether a mount of a run under `dir` is left behind.
-bool mounts_left(const TempDir& dir) {
-  return read_file("/proc/self/mountinfo").find(dir.path() + "/") != std::string::npos;
-}
+bool mounts_left(const TempDir& dir) { return antares::has_mount_below(antares::read_mountinfo(), dir.path()); }
 
 class PerStrategy : public ::testing::TestWithParam<std::string> {};
 

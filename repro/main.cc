@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/duration.h"
+#include "common/version.h"
 #include "repro/report.h"
 #include "repro/scenarios.h"
 #include "repro/walker.h"
@@ -39,6 +40,7 @@ Commands:
                       mid-walk, check that errors stop without a remount
   walk                one buck2-style walk of the mount with the oracle;
                       with --root DIR, of a plain directory (no FUSE, no oracle)
+  help [COMMAND]      this text, or COMMAND's
 
 Options:
   --strategy S|all      none, A, B, C, auto, or all (comma lists work too)
@@ -71,13 +73,51 @@ Options:
   --json FILE           write every figure and event as JSON
   --html FILE           write a self-contained HTML report with SVG charts
   --keep                keep the private directories (logs, caches)
-  -h, --help            this text
+  -h, --help            this text (after a COMMAND: that command's)
+  -V, --version         print the version
 
 Exit status: 0 when every outcome is the expected one (none reproduces ESTALE;
 A, B, C and auto show no ESTALE and no stale read beyond the window), 1 when
 one is not, 2 for a bad command line, 3 if nothing could run, 130 if
 interrupted.
 )";
+
+// "estale-repro COMMAND --help" and "estale-repro help [COMMAND]".
+struct CommandHelp {
+  const char* name;
+  const char* text;
+};
+constexpr CommandHelp kCommandHelp[] = {
+    {"scenario", "usage: estale-repro [options] scenario NAME|all\n\n"
+                 "Runs the scripted scenarios, one per ESTALE trigger: lower-refresh, cl-resync,\n"
+                 "upper-replaced, dir-replaced, delete-readd. --strategy (default none) and\n"
+                 "--repeat (default 1) choose what runs.\n"},
+    {"soak", "usage: estale-repro [options] soak\n\n"
+             "The walker loops while mock-mega mutates on a schedule (--mutate-every,\n"
+             "--mutate-count); every read is judged by the oracle. --strategy (default all),\n"
+             "--duration (default 30s).\n"},
+    {"matrix", "usage: estale-repro [options] matrix\n\n"
+               "Every strategy x every scenario (--repeat, default 3), plus a soak per\n"
+               "strategy (--soak, default 20s; 0 skips). Exit 1 on any unexpected outcome.\n"},
+    {"switch", "usage: estale-repro [options] switch\n\n"
+               "Reproduces under none, switches to auto with antares-ctl mid-walk, and checks\n"
+               "that the errors stop without a remount (--duration, default 6s).\n"},
+    {"walk", "usage: estale-repro [options] walk [--root DIR]\n\n"
+             "One buck2-style walk of the mount, judged by the oracle; with --root DIR, of a\n"
+             "plain directory (no FUSE, no oracle).\n"},
+    {"help", "usage: estale-repro help [COMMAND]\n\nThe global help, or COMMAND's.\n"},
+};
+
+int print_command_help(const std::string& name) {
+  for (const auto& c : kCommandHelp)
+    if (name == c.name) {
+      fputs(c.text, stdout);
+      fputs("\nSee 'estale-repro --help' for the options.\n", stdout);
+      return 0;
+    }
+  fprintf(stderr, "estale-repro: unknown command '%s'\nTry 'estale-repro --help'.\n", name.c_str());
+  return 2;
+}
 
 [[noreturn]] void usage_error(const std::string& msg) {
   fprintf(stderr, "estale-repro: %s\nTry 'estale-repro --help'.\n", msg.c_str());
@@ -187,10 +227,11 @@ int real_main(int argc, char** argv) {
       {"root", required_argument, nullptr, kRoot},         {"bin-dir", required_argument, nullptr, kBin},
       {"json", required_argument, nullptr, kJson},         {"html", required_argument, nullptr, kHtml},
       {"keep", no_argument, nullptr, kKeep},               {"help", no_argument, nullptr, 'h'},
-      {nullptr, 0, nullptr, 0}};
+      {"version", no_argument, nullptr, 'V'},              {nullptr, 0, nullptr, 0}};
+  bool help = false;
   opterr = 0;
   int c;
-  while ((c = getopt_long(argc, argv, ":h", kOpts, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, ":hV", kOpts, nullptr)) != -1) {
     switch (c) {
       case kStrategy: strategy_spec = optarg; break;
       case kRepeat: repeat = static_cast<int>(number("--repeat", optarg, 100000)); break;
@@ -221,11 +262,15 @@ int real_main(int argc, char** argv) {
       case kJson: json_path = optarg; break;
       case kHtml: html_path = optarg; break;
       case kKeep: s.keep = true; break;
-      case 'h': fputs(kUsage, stdout); return 0;
+      case 'h': help = true; break;
+      case 'V': fputs(antares::version_text("estale-repro").c_str(), stdout); return 0;
       case ':': usage_error(std::string("option ") + argv[optind - 1] + " needs a value");
       default: usage_error(std::string("unknown option ") + argv[optind - 1]);
     }
   }
+  if (optind < argc && std::string(argv[optind]) == "help")
+    return optind + 1 < argc ? print_command_help(argv[optind + 1]) : (fputs(kUsage, stdout), 0);
+  if (help) return optind < argc ? print_command_help(argv[optind]) : (fputs(kUsage, stdout), 0);
   if (optind >= argc) usage_error("a command is required (scenario, soak, matrix, switch, walk)");
   std::string command = argv[optind++];
   std::string scenario_spec;

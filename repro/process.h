@@ -1,84 +1,25 @@
-// Child processes and mounts the reproduction owns: mock-mega and antares-fs
-// run as children in their own process groups (a Ctrl-C reaches only
-// estale-repro, which then stops them in order), die with their parent
-// (PR_SET_PDEATHSIG), and are always reaped. Mount helpers read
-// /proc/self/mountinfo and detach a FUSE mount even when its daemon is gone.
-// No exceptions: spawn failures are Errors.
+// estale-repro's child processes, temp dirs and mount helpers: the
+// repository's one implementation lives in common/process.h; these names keep
+// estale-repro's code as it was.
 #pragma once
 
-#include <sys/types.h>
-
-#include <chrono>
-#include <memory>
 #include <string>
 #include <string_view>
-#include <vector>
 
-#include "common/result.h"
+#include "common/process.h"
 
 namespace antares::repro {
 
-class Child {
- public:
-  // Starts argv[0] (a path) with stdin from /dev/null and stdout/stderr
-  // appended to the given files ("" = /dev/null).
-  static Result<std::unique_ptr<Child>> spawn(const std::vector<std::string>& argv, const std::string& stdout_path,
-                                              const std::string& stderr_path);
-  ~Child();  // terminate(): never leaks the process
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
+using antares::Child;
+using antares::CommandResult;
+using antares::force_unmount;
+using antares::is_fuse_mounted;
+using antares::run_command;
+using antares::self_dir;
+using antares::TempDir;
 
-  pid_t pid() const { return pid_; }
-  bool running();
-  // Exit code once !running(): the status, or 128+signal.
-  int exit_code() const { return code_; }
-  // Waits up to timeout; returns the exit code, or -1 if still running.
-  int wait(std::chrono::milliseconds timeout);
-  // SIGTERM, wait up to timeout, then SIGKILL and wait. Returns the exit code.
-  int terminate(std::chrono::milliseconds timeout = std::chrono::seconds(10));
-  void signal(int sig);
-
- private:
-  Child() = default;
-  pid_t pid_ = -1;
-  int code_ = -1;
-};
-
-struct CommandResult {
-  int code = -1;  // exit code, 128+signal, or -1 on timeout (the child was killed)
-  std::string out, err;
-};
-// Runs argv to completion, capturing stdout and stderr.
-Result<CommandResult> run_command(const std::vector<std::string>& argv,
-                                  std::chrono::milliseconds timeout = std::chrono::seconds(30));
-
-// Whether `mountinfo_text` (the content of /proc/self/mountinfo) shows a
-// filesystem whose type starts with "fuse" mounted at `dir` (an absolute path).
+// Whether `mountinfo_text` (the content of /proc/self/mountinfo) shows a FUSE
+// filesystem mounted at `dir` (an absolute path).
 bool mountinfo_has_fuse(std::string_view mountinfo_text, const std::string& dir);
-bool is_fuse_mounted(const std::string& dir);
-// Detaches whatever FUSE mount is at dir: `fusermount3 -u -z`, then umount2(MNT_DETACH).
-// Returns true if nothing is mounted there afterwards.
-bool force_unmount(const std::string& dir);
-
-// mkdtemp under $TMPDIR (or /tmp); removed recursively by the destructor
-// unless keep() was called. Refuses to remove anything while a FUSE mount
-// remains beneath it.
-class TempDir {
- public:
-  static Result<std::unique_ptr<TempDir>> create(const std::string& prefix);
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  void keep() { keep_ = true; }
-
- private:
-  TempDir() = default;
-  std::string path_;
-  bool keep_ = false;
-};
-
-// Directory of the running executable (where the sibling binaries live).
-std::string self_dir();
 
 }  // namespace antares::repro

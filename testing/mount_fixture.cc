@@ -9,30 +9,23 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "common/mountinfo.h"
+#include "common/process.h"
+#include "mock-mega/admin_client.h"
+
 namespace antares::testing {
 
 std::optional<std::string> mounted_fstype(const std::string& path) {
   char real[PATH_MAX];
   std::string p = ::realpath(path.c_str(), real) ? real : path;
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream ls(line);
-    std::string id, parent, dev, root, point;
-    ls >> id >> parent >> dev >> root >> point;
-    if (point != p) continue;
-    auto dash = line.find(" - ");
-    std::istringstream tail(dash == std::string::npos ? "" : line.substr(dash + 3));
-    std::string fstype;
-    tail >> fstype;
-    return fstype;
-  }
-  return std::nullopt;
+  auto m = mount_at(p);
+  if (!m) return std::nullopt;
+  return m->fstype;
 }
 
 void force_unmount(const std::string& path) {
-  if (!mounted_fstype(path)) return;
-  if (run({"/bin/fusermount3", "-u", "-z", path}) != 0) run({"/bin/umount", "-l", path});
+  char real[PATH_MAX];
+  antares::force_unmount(::realpath(path.c_str(), real) ? real : path);
 }
 
 int stat_errno(const std::string& path) {
@@ -77,15 +70,15 @@ MegaProcess::MegaProcess(const TempDir& dir, MegaOptions o) {
   while (!url_.empty() && (url_.back() == '\n' || url_.back() == ' ')) url_.pop_back();
 }
 
+MegaProcess::~MegaProcess() {
+  admin_.reset();  // close keep-alive connections before the server stops
+  proc_.reset();
+}
+
 std::string MegaProcess::admin(const std::string& method, const std::string& path, const std::string& body) {
-  std::string out;
-  std::vector<std::string> argv = {"/usr/bin/curl", "-sS", "-X", method, url_ + path};
-  if (!body.empty()) {
-    argv.push_back("-d");
-    argv.push_back(body);
-  }
-  run(argv, &out);
-  return out;
+  if (!admin_) admin_ = std::make_unique<mock::AdminClient>(url_);
+  auto r = admin_->raw(method, path, body);
+  return r ? r->body : std::string();
 }
 
 Mount::Mount(const TempDir& dir, const std::string& mega_url, MountOptions o)

@@ -11,6 +11,10 @@
 
 #include "testing/subprocess.h"
 
+namespace antares::mock {
+class AdminClient;
+}
+
 namespace antares::testing {
 
 struct MegaOptions {
@@ -26,11 +30,14 @@ class MegaProcess {
   explicit MegaProcess(const TempDir& dir, MegaOptions o = {});
   const std::string& url() const { return url_; }
   Subprocess& process() { return *proc_; }
-  // POST/GET on the admin API through curl-free libcurl client; body JSON text.
+  // One request to the server (admin API or Mega API) through mock-mega's
+  // AdminClient; the body as received ("" if the request failed).
   std::string admin(const std::string& method, const std::string& path, const std::string& body = "");
+  ~MegaProcess();
 
  private:
   std::unique_ptr<Subprocess> proc_;
+  std::unique_ptr<mock::AdminClient> admin_;
   std::string url_;
 };
 

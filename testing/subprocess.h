@@ -1,13 +1,21 @@
 // Test support: child processes (a daemon under test, a CLI) that are always
-// reaped, and private temporary directories that are always removed.
+// reaped, and private temporary directories that are always removed. Thin,
+// throwing wrappers over the repository's one implementation,
+// common/process.h, for test code that wants exceptions rather than Results.
 #pragma once
 
 #include <sys/types.h>
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
+
+namespace antares {
+class Child;
+class TempDir;
+}  // namespace antares
 
 namespace antares::testing {
 
@@ -21,23 +29,24 @@ class TempDir {
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const;
+  std::string operator/(const std::string& name) const { return path() + "/" + name; }
 
  private:
-  std::string path_;
+  std::unique_ptr<antares::TempDir> dir_;
 };
 
 // A child process; stdout and stderr go to files. The destructor sends SIGTERM,
 // waits up to 10 s, then SIGKILLs: a failing test never leaks a process.
+// `env` entries ("NAME=value") are added to the test's environment.
 class Subprocess {
  public:
-  Subprocess(std::vector<std::string> argv, const std::string& output_prefix);
+  Subprocess(std::vector<std::string> argv, const std::string& output_prefix, std::vector<std::string> env = {});
   ~Subprocess();
   Subprocess(const Subprocess&) = delete;
   Subprocess& operator=(const Subprocess&) = delete;
 
-  pid_t pid() const { return pid_; }
+  pid_t pid() const;
   bool running();
   // Waits for exit; returns the exit code (128+signal if killed), -1 on timeout.
   int wait(std::chrono::milliseconds timeout);
@@ -47,12 +56,12 @@ class Subprocess {
   std::string stderr_text() const;
 
  private:
-  pid_t pid_ = -1;
-  int status_ = -1;
+  std::unique_ptr<antares::Child> child_;
   std::string out_, err_;
 };
 
-// Runs a command to completion; returns exit code and fills out/err.
+// Runs a command to completion; returns exit code (-1 on timeout, the child
+// then killed) and fills out/err.
 int run(std::vector<std::string> argv, std::string* out = nullptr, std::string* err = nullptr,
         std::chrono::milliseconds timeout = std::chrono::seconds(60));
 

@@ -79,10 +79,12 @@ Result<nlohmann::json> ControlClient::status() {
   return j;
 }
 
-Status ControlClient::set_strategy(const std::string& strategy) {
+Result<std::string> ControlClient::set_strategy(const std::string& strategy) {
   auto r = call("POST", "/strategy", json{{"strategy", strategy}}.dump(-1, ' ', false, json::error_handler_t::replace));
   if (!r) return r.error();
-  return {};
+  json j = json::parse(r->body, nullptr, false);
+  if (j.is_object() && j.contains("strategy") && j["strategy"].is_string()) return j["strategy"].get<std::string>();
+  return Error::from_errno(EPROTO, "POST /strategy: the answer names no strategy");
 }
 
 Status ControlClient::refresh(const std::string& path) {

@@ -31,7 +31,8 @@ class ControlClient {
   // 400 -> EINVAL, 401/403 -> EACCES, 404/405 -> ENOENT, 501 -> ENOSYS,
   // other -> EIO. Not thread-safe against set_timeout; otherwise thread-safe.
   Result<nlohmann::json> status();
-  Status set_strategy(const std::string& strategy);
+  // The canonical name the daemon switched to ("a" -> "A").
+  Result<std::string> set_strategy(const std::string& strategy);
   Status refresh(const std::string& path);  // "" = everything
   Result<std::string> metrics();
 

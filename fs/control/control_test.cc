@@ -12,7 +12,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <atomic>
 #include <mutex>
+#include <thread>
 #include <sstream>
 
 #include "fs/control/control_client.h"
@@ -39,12 +41,13 @@ struct FakeDaemon {
       ++status_calls;
       return json{{"strategy", strategy}, {"estale_total", 7}, {"mountpoint", "/mnt/x"}};
     };
-    h.set_strategy = [this](const std::string& s) -> Status {
+    h.set_strategy = [this](const std::string& name) -> Result<std::string> {
+      std::string s = name == "a" ? "A" : name;  // the daemon answers its canonical name
       if (s != "none" && s != "A" && s != "B" && s != "C" && s != "auto")
         return Error::from_errno(EINVAL, "unknown strategy '" + s + "': expected none, A, B, C or auto");
       std::lock_guard l(mu);
       strategy = s;
-      return {};
+      return s;
     };
     h.refresh = [this](const std::string& p) -> Status {
       std::lock_guard l(mu);
@@ -335,6 +338,63 @@ TEST_F(ControlTest, ThrowingOrMissingHandlersDoNotCrashTheServer) {
   EXPECT_EQ(c->status().error().http_status, 500);
 }
 
+// A TCP connection to the endpoint from 127.0.0.1 (-1 on failure).
+int connect_to(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Any local user can connect without the token. Connections that never send
+// and connections that trickle a request one byte at a time must not starve
+// the token holder: neither may pin a server thread, and each is cut off once
+// its request deadline passes.
+TEST_F(ControlTest, IdleAndTricklingConnectionsDoNotBlockAuthenticatedRequests) {
+  constexpr int kTrickling = 16, kIdle = 400;  // more idle ones than the server keeps
+  std::vector<int> trickling, idle;
+  for (int i = 0; i < kTrickling; ++i) trickling.push_back(connect_to(server_->port()));
+  for (int i = 0; i < kIdle; ++i) idle.push_back(connect_to(server_->port()));
+  for (int fd : trickling) ASSERT_GE(fd, 0);
+  for (int fd : idle) ASSERT_GE(fd, 0);
+  std::atomic<bool> stop{false};
+  std::thread trickler([&] {
+    const std::string head = "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+    for (size_t i = 0; !stop.load(); ++i) {
+      char c = i < head.size() ? head[i] : 'x';
+      for (int fd : trickling) (void)send(fd, &c, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+      for (int k = 0; k < 20 && !stop.load(); ++k) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
+  auto c = client();
+  c.set_timeout(std::chrono::seconds(5));
+  for (int i = 0; i < 8; ++i) {  // more requests than the server has threads
+    auto st = c.status();
+    EXPECT_TRUE(st.ok()) << i << ": " << st.error().describe();
+  }
+  // The tricklers are cut off at their deadline rather than served forever.
+  auto closed = [](int fd) {
+    char buf[256];
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);  // an answer (408), EOF or a reset
+  };
+  EXPECT_TRUE(testing::wait_until([&] { return closed(trickling.front()) && closed(trickling.back()); },
+                                  std::chrono::seconds(30)));
+  stop = true;
+  trickler.join();
+  for (int fd : trickling) close(fd);
+  for (int fd : idle) close(fd);
+  // And the server is still healthy afterwards.
+  EXPECT_TRUE(c.status().ok());
+}
+
 TEST(ControlClient, MissingEndpointSaysIsItMounted) {
   testing::TempDir tmp;
   auto c = ControlClient::for_mountpoint(tmp / "nowhere", tmp / "run");
@@ -487,6 +547,45 @@ TEST_F(CtlTest, BadUsageExits2) {
   std::lock_guard l(daemon_.mu);
   EXPECT_EQ(daemon_.status_calls, 0);
   EXPECT_EQ(daemon_.strategy, "none");
+}
+
+TEST_F(CtlTest, StrategyAnswersTheCanonicalName) {
+  std::string out, err;
+  ASSERT_EQ(ctl({"--run-dir", run_dir_, "--mountpoint", mnt_, "strategy", "a"}, &out, &err), 0) << err;
+  EXPECT_EQ(json::parse(out, nullptr, false), (json{{"strategy", "A"}})) << out;
+}
+
+TEST_F(CtlTest, RefreshOutsideTheMountIsBadUsage) {
+  std::string out, err;
+  for (const char* bad : {"../../etc", "a/../../b", ".."}) {
+    EXPECT_EQ(ctl({"--run-dir", run_dir_, "--mountpoint", mnt_, "refresh", bad}, &out, &err), 2) << bad;
+    EXPECT_NE(err.find("leaves the mount"), std::string::npos) << err;
+  }
+  ASSERT_EQ(ctl({"--run-dir", run_dir_, "--mountpoint", mnt_, "refresh", "/x//y/./"}, &out, &err), 0) << err;
+  std::lock_guard l(daemon_.mu);
+  EXPECT_EQ(daemon_.refreshed, std::vector<std::string>{"x/y"});
+}
+
+TEST_F(CtlTest, SubcommandHelpAndVersionNeedNoMount) {
+  std::string out, err;
+  for (const char* cmd : {"status", "strategy", "refresh", "metrics"}) {
+    ASSERT_EQ(ctl({cmd, "--help"}, &out, &err), 0) << cmd << ": " << err;
+    EXPECT_NE(out.find(std::string("--mountpoint M ") + cmd), std::string::npos) << out;
+    ASSERT_EQ(ctl({"help", cmd}, &out, &err), 0) << cmd;
+  }
+  EXPECT_EQ(ctl({"frob", "--help"}, &out, &err), 2);
+  ASSERT_EQ(ctl({"--version"}, &out, &err), 0);
+  EXPECT_EQ(out.rfind("antares-ctl ", 0), 0u) << out;
+  EXPECT_NE(out.find("(git "), std::string::npos) << out;
+}
+
+TEST(RefreshPath, Normalized) {
+  EXPECT_EQ(*normalize_refresh_path(""), "");
+  EXPECT_EQ(*normalize_refresh_path("/"), "");
+  EXPECT_EQ(*normalize_refresh_path("/a//b/./c/"), "a/b/c");
+  EXPECT_EQ(normalize_refresh_path("a/../b").err(), EINVAL);
+  EXPECT_EQ(normalize_refresh_path("..").err(), EINVAL);
+  EXPECT_EQ(*normalize_refresh_path("a/..b"), "a/..b");
 }
 
 TEST_F(CtlTest, HelpExits0) {

@@ -177,4 +177,24 @@ Status make_run_dir(const std::string& dir) {
   return {};
 }
 
+Result<std::string> normalize_refresh_path(std::string_view path) {
+  if (path.find('\0') != std::string_view::npos) return Error::from_errno(EINVAL, "refresh path contains a NUL byte");
+  std::string out;
+  size_t pos = 0;
+  while (pos <= path.size()) {
+    size_t slash = path.find('/', pos);
+    std::string_view part = path.substr(pos, slash == std::string_view::npos ? std::string_view::npos : slash - pos);
+    if (part == "..")
+      return Error::from_errno(EINVAL, "refresh path '" + std::string(path) +
+                                           "' leaves the mount: use a path relative to the mount root without '..'");
+    if (!part.empty() && part != ".") {
+      if (!out.empty()) out += '/';
+      out += part;
+    }
+    if (slash == std::string_view::npos) break;
+    pos = slash + 1;
+  }
+  return out;
+}
+
 }  // namespace antares::control

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <string_view>
 
 #include "common/result.h"
 
@@ -39,6 +40,12 @@ Result<Endpoint> read_endpoint_file(const std::string& path);
 // Writes an endpoint file atomically with mode 0600: a temporary file created
 // O_EXCL 0600 in the same directory, fsync'ed, then renamed over `path`.
 Status write_endpoint_file(const std::string& path, const Endpoint& e);
+
+// The path argument of a refresh, relative to the mount root: leading,
+// trailing and repeated '/' and "." components are dropped ("/a//b/." ->
+// "a/b"; "" or "/" = everything). EINVAL for a ".." component (a refresh never
+// names anything outside the mount) or a NUL byte.
+Result<std::string> normalize_refresh_path(std::string_view path);
 
 // mkdir -p with mode 0700 for every directory it creates. An existing
 // directory is accepted as is (a warning is logged if others may write to it).

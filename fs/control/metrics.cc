@@ -85,6 +85,14 @@ double call_gauge(const std::function<double()>& fn) {
   }
 }
 
+uint64_t call_read(const std::function<uint64_t()>& fn) {
+  try {
+    return fn ? fn() : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
 }  // namespace
 
 std::string escape_label_value(const std::string& v) {
@@ -107,7 +115,7 @@ Counter& Metrics::counter(std::string name, std::string help, Labels labels) {
     auto f = families_.find(name);
     if (f != families_.end() && f->second.is_counter) {
       auto s = f->second.series.find(key);
-      if (s != f->second.series.end()) return *s->second.counter;
+      if (s != f->second.series.end() && s->second.counter) return *s->second.counter;
     }
   }
   std::unique_lock l(mu_);
@@ -129,6 +137,7 @@ Counter& Metrics::counter(std::string name, std::string help, Labels labels) {
     s->second.labels = std::move(labels);
     s->second.counter = &counters_.emplace_back();
   }
+  if (!s->second.counter) return orphan("series already registered with counter_fn");
   return *s->second.counter;
 }
 
@@ -153,6 +162,28 @@ void Metrics::gauge(std::string name, std::string help, std::function<double()> 
   s.gauge = std::move(fn);
 }
 
+void Metrics::counter_fn(std::string name, std::string help, std::function<uint64_t()> fn, Labels labels) {
+  bool labels_ok = normalize(labels);
+  std::string key = render_labels(labels);
+  std::unique_lock l(mu_);
+  auto reject = [&](const char* why) {
+    log::error("metrics_bad_counter", {{"name", name}, {"labels", key}, {"reason", why}});
+  };
+  if (!valid_metric_name(name)) return reject("invalid metric name");
+  if (!labels_ok) return reject("invalid or repeated label name");
+  auto [f, created] = families_.try_emplace(name);
+  if (created) {
+    f->second.help = std::move(help);
+    f->second.is_counter = true;
+  } else if (!f->second.is_counter) {
+    return reject("name already registered as a gauge");
+  }
+  Series& s = f->second.series[key];
+  if (s.counter) return reject("series already registered as an owned counter");
+  s.labels = std::move(labels);
+  s.read = std::move(fn);
+}
+
 std::string Metrics::prometheus_text() const {
   // Snapshot under the lock, evaluate gauges after releasing it: a gauge
   // callback may take its own locks or read this registry.
@@ -160,6 +191,7 @@ std::string Metrics::prometheus_text() const {
     std::string labels;
     const Counter* counter;
     std::function<double()> gauge;
+    std::function<uint64_t()> read;
   };
   struct Fam {
     std::string name, help;
@@ -173,7 +205,7 @@ std::string Metrics::prometheus_text() const {
     for (const auto& [name, f] : families_) {
       Fam out{name, f.help, f.is_counter, {}};
       out.rows.reserve(f.series.size());
-      for (const auto& [key, s] : f.series) out.rows.push_back(Row{key, s.counter, s.gauge});
+      for (const auto& [key, s] : f.series) out.rows.push_back(Row{key, s.counter, s.gauge, s.read});
       fams.push_back(std::move(out));
     }
   }
@@ -183,7 +215,9 @@ std::string Metrics::prometheus_text() const {
     text += "# TYPE " + f.name + (f.is_counter ? " counter\n" : " gauge\n");
     for (const auto& r : f.rows) {
       text += f.name + r.labels + " ";
-      text += r.counter ? std::to_string(r.counter->value()) : format_double(call_gauge(r.gauge));
+      if (r.counter) text += std::to_string(r.counter->value());
+      else if (r.read) text += std::to_string(call_read(r.read));
+      else text += format_double(call_gauge(r.gauge));
       text += "\n";
     }
   }
@@ -195,6 +229,7 @@ uint64_t Metrics::value(const std::string& name, const Labels& labels) const {
   if (!normalize(sorted)) return 0;
   std::string key = render_labels(sorted);
   std::function<double()> fn;
+  std::function<uint64_t()> read;
   {
     std::shared_lock l(mu_);
     auto f = families_.find(name);
@@ -202,8 +237,10 @@ uint64_t Metrics::value(const std::string& name, const Labels& labels) const {
     auto s = f->second.series.find(key);
     if (s == f->second.series.end()) return 0;
     if (s->second.counter) return s->second.counter->value();
+    if (s->second.read) read = s->second.read;
     fn = s->second.gauge;
   }
+  if (read) return call_read(read);
   double v = call_gauge(fn);
   if (!(v > 0)) return 0;  // negative and NaN
   if (v >= 18446744073709551615.0) return UINT64_MAX;
@@ -211,12 +248,19 @@ uint64_t Metrics::value(const std::string& name, const Labels& labels) const {
 }
 
 nlohmann::json Metrics::counters_json() const {
+  std::vector<std::pair<std::string, std::function<uint64_t()>>> reads;
   nlohmann::json j = nlohmann::json::object();
-  std::shared_lock l(mu_);
-  for (const auto& [name, f] : families_) {
-    if (!f.is_counter) continue;
-    for (const auto& [key, s] : f.series) j[name + key] = s.counter->value();
+  {
+    std::shared_lock l(mu_);
+    for (const auto& [name, f] : families_) {
+      if (!f.is_counter) continue;
+      for (const auto& [key, s] : f.series) {
+        if (s.counter) j[name + key] = s.counter->value();
+        else reads.emplace_back(name + key, s.read);
+      }
+    }
   }
+  for (const auto& [k, fn] : reads) j[k] = call_read(fn);  // outside the lock, like gauges
   return j;
 }
 

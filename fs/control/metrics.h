@@ -58,6 +58,12 @@ class Metrics {
   // are logged and ignored. Thread-safe.
   void gauge(std::string name, std::string help, std::function<double()> fn, Labels labels = {});
 
+  // Registers (or replaces) the counter `name{labels}` whose value is read
+  // from fn: for monotonic counts another component already keeps in its
+  // own atomics. fn follows the gauge rules above. Clashes with a gauge name
+  // are logged and ignored. Thread-safe.
+  void counter_fn(std::string name, std::string help, std::function<uint64_t()> fn, Labels labels = {});
+
   // Prometheus text exposition format 0.0.4: families sorted by name, each
   // with one "# HELP" and "# TYPE" line, series sorted by labels. Thread-safe.
   std::string prometheus_text() const;
@@ -74,6 +80,7 @@ class Metrics {
   struct Series {
     Labels labels;                       // sorted by label name
     Counter* counter = nullptr;          // counter series: owned by counters_
+    std::function<uint64_t()> read;      // counter series read from elsewhere (counter_fn)
     std::function<double()> gauge;       // gauge series
   };
   struct Family {

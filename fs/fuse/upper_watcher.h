@@ -15,7 +15,7 @@
 
 #include "common/result.h"
 #include "common/unique_fd.h"
-#include "fs/lower/layer_change.h"
+#include "fs/layers/layer_change.h"
 
 namespace antares::fs {
 

@@ -168,7 +168,7 @@ Status ClBuilder::build_locked(std::vector<LayerChange>& events, LayerChangeList
       for (const auto& n : *names)
         if (!mirror::is_temp_name(n)) events.push_back({LayerChange::Kind::removed, n});
   }
-  if (auto s = mirror::clear_dir(root.get()); !s) return s;
+  if (auto s = mirror::clear_owned_dir(root.get()); !s) return s;  // the owner marker stays
 
   List written;
   std::set<std::string> top;

@@ -16,7 +16,7 @@
 
 #include "common/oid.h"
 #include "common/result.h"
-#include "fs/lower/layer_change.h"
+#include "fs/layers/layer_change.h"
 #include "fs/remote/mega_client.h"
 
 namespace antares::fs {

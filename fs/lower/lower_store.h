@@ -49,7 +49,7 @@
 #include "common/clock.h"
 #include "common/oid.h"
 #include "common/result.h"
-#include "fs/lower/layer_change.h"
+#include "fs/layers/layer_change.h"
 #include "fs/remote/mega_client.h"
 
 namespace antares::fs {

@@ -111,6 +111,38 @@ Status clear_dir(int dirfd) {
   return {};
 }
 
+Status clear_owned_dir(int dirfd) {
+  auto names = list_dir(dirfd);
+  if (!names) return names.error();
+  for (const auto& n : *names)
+    if (n != kOwnerMarker)
+      if (auto s = remove_tree(dirfd, n); !s) return s;
+  return {};
+}
+
+Status claim_dir(const std::string& dir, std::string_view what) {
+  Fd d(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!d.valid()) return errno_error("open", dir);
+  auto names = list_dir(d.get());
+  if (!names) return names.error();
+  for (const auto& n : *names)
+    if (n == kOwnerMarker) return {};
+  if (!names->empty())
+    return Error::from_errno(ENOTEMPTY, std::string(what) + " " + dir +
+                                            " is not empty and was not created by antares-fs (it has no " +
+                                            std::string(kOwnerMarker) +
+                                            " marker): refusing to wipe it. Use an empty or new directory, or "
+                                            "empty this one yourself");
+  Fd m(::openat(d.get(), std::string(kOwnerMarker).c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (!m.valid() && errno != EEXIST) return errno_error("create owner marker in", dir);
+  if (m.valid()) {
+    static constexpr std::string_view kText =
+        "This directory belongs to antares-fs, which wipes it at every mount.\n";
+    if (auto s = write_whole(m.get(), kText, dir); !s) return s;
+  }
+  return {};
+}
+
 Status remove_tree(int dirfd, const std::string& name) {
   if (::unlinkat(dirfd, name.c_str(), 0) == 0 || errno == ENOENT) return {};
   if (errno != EISDIR && errno != EPERM) return errno_error("unlink", name);

@@ -53,6 +53,18 @@ Result<Fd> open_dir(int root_fd, std::string_view rel, bool create = false,
 Status remove_tree(int dirfd, const std::string& name);
 // Removes every child of the directory dirfd (which may be O_PATH).
 Status clear_dir(int dirfd);
+
+// The file that marks a directory antares-fs owns (the lower mirror
+// --cache/lower, the CL directory). Only a marked directory, or an empty one,
+// is ever wiped: a mistyped flag must not destroy the user's data. Its name
+// has the temp prefix, so every layer hides it and no server name can match.
+inline constexpr std::string_view kOwnerMarker = ".antares-tmp-owner";
+// Claims directory `dir` (which exists) for antares-fs: success if it carries
+// the marker, or if it is empty (the marker is then written). ENOTEMPTY with a
+// message naming `what` if it holds anything else: nothing is removed.
+Status claim_dir(const std::string& dir, std::string_view what);
+// clear_dir, but the owner marker at the top level stays.
+Status clear_owned_dir(int dirfd);
 // The names in directory dirfd (without "." and "..").
 Result<std::vector<std::string>> list_dir(int dirfd);
 

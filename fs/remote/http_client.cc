@@ -106,7 +106,8 @@ Result<HttpResponse> CurlHttpClient::perform(const HttpRequest& req) {
     curl_easy_setopt(h, CURLOPT_URL, req.url.c_str());
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, std::min<long>(timeout_ms, 5000));
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+                     std::clamp<long>(static_cast<long>(req.connect_timeout.count()), 1, timeout_ms));
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &res.body);

@@ -21,6 +21,7 @@ struct HttpRequest {
   std::vector<std::pair<std::string, std::string>> headers;  // extra request headers
   std::string body;            // for POST
   std::chrono::milliseconds timeout{10000};  // whole transfer, connect included
+  std::chrono::milliseconds connect_timeout{5000};  // TCP connect alone (capped by timeout)
 };
 
 struct HttpResponse {

@@ -141,11 +141,23 @@ Result<T> with_retries(HttpClient& http, MegaClientStats& stats, const RetryPoli
   req.timeout = policy.timeout;
   Error last{EIO, 0, "no attempt made"};
   auto backoff = policy.backoff;
+  const auto start = Clock::now();
+  // What is left of the policy's deadline (effectively unbounded without one).
+  auto left = [&] {
+    if (policy.deadline.count() <= 0) return std::chrono::milliseconds::max();
+    return policy.deadline - std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+  };
   for (int attempt = 0; attempt <= std::max(0, policy.max_retries); ++attempt) {
     if (attempt > 0) {
+      if (left() <= backoff) break;  // no time for another attempt
       ++stats.retries;
       std::this_thread::sleep_for(backoff);
       backoff *= 2;
+    }
+    if (auto l = left(); l < std::chrono::milliseconds::max()) {
+      if (l.count() <= 0) break;
+      req.timeout = std::min(policy.timeout, l);
+      req.connect_timeout = std::min(req.connect_timeout, req.timeout);
     }
     ++stats.requests;
     auto t0 = Clock::now();
@@ -167,6 +179,24 @@ Result<T> with_retries(HttpClient& http, MegaClientStats& stats, const RetryPoli
 }
 
 }  // namespace
+
+Status MegaClient::probe(std::chrono::milliseconds deadline) {
+  RetryPolicy policy = opts_.listing;
+  policy.timeout = std::min(policy.timeout, deadline);
+  policy.deadline = deadline;
+  HttpRequest req = request("GET", opts_.base_url + "/api/v1/tree/content-hash?path=/");
+  auto r = with_retries<std::vector<TreeItem>>(*http_, stats_, policy, req,
+                                                [&](const HttpResponse& resp) {
+                                                   std::vector<DroppedItem> dropped;
+                                                   return parse_items(resp, "content-hash /", &dropped);
+                                                 });
+  if (r) return {};
+  Error e = r.error();
+  if (e.err == ETIMEDOUT || e.message == "no attempt made")
+    e = Error{ETIMEDOUT, e.http_status,
+              "no answer within " + std::to_string(deadline.count()) + " ms (" + e.message + ")"};
+  return e;
+}
 
 Result<std::vector<TreeItem>> MegaClient::content_hash(const std::string& path, std::vector<DroppedItem>* dropped) {
   HttpRequest req = request("GET", opts_.base_url + "/api/v1/tree/content-hash?path=" + url_encode_path(path));

@@ -50,6 +50,9 @@ struct RetryPolicy {
   int max_retries = 3;
   std::chrono::milliseconds backoff{100};  // doubled after each retry
   std::chrono::milliseconds timeout{10000};
+  // Total budget for all attempts and backoffs; 0 = none. Each attempt's
+  // timeout is cut to what is left, and no attempt starts past it.
+  std::chrono::milliseconds deadline{0};
 };
 
 struct MegaClientOptions {
@@ -97,6 +100,12 @@ class MegaClient {
   Result<uint64_t> blob_size(const Oid& oid);
   // GET /api/v1/cl/{cl}/files-list.
   Result<std::vector<ClFile>> cl_files(const std::string& cl);
+
+  // Whether the server answers at all: the listing of "/" under the listing
+  // retry rules, but all attempts (connect and first byte included) within
+  // `deadline`. A server that accepts connections and never answers fails
+  // with ETIMEDOUT after `deadline`, not after 4 full listing timeouts.
+  Status probe(std::chrono::milliseconds deadline);
 
   const MegaClientStats& stats() const { return stats_; }
   const std::string& base_url() const { return opts_.base_url; }

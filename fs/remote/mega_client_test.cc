@@ -6,6 +6,7 @@
 
 #include <deque>
 #include <mutex>
+#include <thread>
 
 namespace antares::remote {
 namespace {
@@ -236,6 +237,53 @@ TEST_F(MegaClientTest, FilesList) {
   EXPECT_EQ(client.cl_files("7").err(), EBADMSG);
   http->script({ok(R"({"req_result":true,"data":[{"path":"/a","sha":"","action":"new"}]})")});
   EXPECT_EQ(client.cl_files("7").err(), EBADMSG) << "a new file needs a sha";
+}
+
+// A server that accepts and never answers: every attempt runs into its own
+// timeout. (Simulated: the fake waits out the request's timeout.)
+class SilentHttp : public HttpClient {
+ public:
+  Result<HttpResponse> perform(const HttpRequest& req) override {
+    {
+      std::lock_guard l(mu);
+      requests.push_back(req);
+    }
+    std::this_thread::sleep_for(req.timeout);
+    return Error{ETIMEDOUT, 0, "Timeout was reached"};
+  }
+  std::mutex mu;
+  std::vector<HttpRequest> requests;
+};
+
+TEST(MegaClientProbe, SilentServerFailsWithinTheDeadline) {
+  auto http = std::make_shared<SilentHttp>();
+  MegaClient client(MegaClientOptions{"http://mega:8000"}, http);  // upstream's 10 s x 4 listing policy
+  const milliseconds deadline(400);
+  auto t0 = std::chrono::steady_clock::now();
+  Status st = client.probe(deadline);
+  auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.err(), ETIMEDOUT);
+  EXPECT_NE(st.error().message.find("no answer within 400 ms"), std::string::npos) << st.error().message;
+  // Every attempt, connect included, fits in what was left of the deadline.
+  milliseconds total(0);
+  ASSERT_FALSE(http->requests.empty());
+  for (const auto& r : http->requests) {
+    EXPECT_LE(r.timeout, deadline);
+    EXPECT_LE(r.connect_timeout, r.timeout);
+    total += r.timeout;
+  }
+  EXPECT_LE(total, deadline);
+  EXPECT_LT(took, std::chrono::seconds(5));  // not 4 x 10 s
+  EXPECT_EQ(http->requests[0].url, "http://mega:8000/api/v1/tree/content-hash?path=/");
+}
+
+TEST(MegaClientProbe, AnsweringServerPasses) {
+  auto http = std::make_shared<FakeHttp>();
+  http->script({transport(ECONNRESET), ok(kListing)});
+  MegaClient client(MegaClientOptions{"http://mega:8000", RetryPolicy{3, milliseconds(1), milliseconds(10000)}}, http);
+  EXPECT_TRUE(client.probe(std::chrono::seconds(5)).ok());
+  EXPECT_EQ(http->requests.size(), 2u);
 }
 
 TEST(UrlEncode, KeepsSlashesAndUnreserved) {

@@ -41,7 +41,7 @@
 #include "common/unique_fd.h"
 #include "fs/layers/layer.h"
 #include "fs/layers/strategy.h"
-#include "fs/lower/layer_change.h"
+#include "fs/layers/layer_change.h"
 
 namespace antares::fs {
 

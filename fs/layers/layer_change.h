@@ -1,6 +1,8 @@
-// What a layer's owner (the lower store's refresh, the CL re-sync) changed in
-// its backing directory. Strategy B turns these into dropped handles, dropped
-// union children and kernel invalidations; other strategies ignore them.
+// What a layer's owner (the lower store's refresh, the CL re-sync, the upper
+// watcher) changed in its backing directory. Strategy B turns these into
+// dropped handles, dropped union children and kernel invalidations; other
+// strategies ignore them. It lives with the layers because both its
+// producers (fs/lower, fs/fuse) and its consumer (fs/union) link them.
 #pragma once
 
 #include <functional>

@@ -1,0 +1,440 @@
+#include "fs/fuse/daemon.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "common/log.h"
+#include "common/unique_fd.h"
+#include "common/version.h"
+#include "fs/control/control_server.h"
+#include "fs/control/endpoint.h"
+#include "fs/lower/cl_builder.h"
+#include "fs/lower/lower_store.h"
+#include "fs/lower/mirror_fs.h"
+#include "fs/remote/mega_client.h"
+
+namespace antares::fs {
+
+class LowerHooks final : public LayerHooks {
+ public:
+  explicit LowerHooks(LowerStore& s) : s_(s) {}
+  Status before_dir(const std::string& rel) override { return s_.ensure_dir(rel); }
+  Status before_open(const std::string& rel) override { return s_.ensure_file(rel); }
+  bool content_ready(uint64_t ino) override { return s_.content_ready(ino); }
+  bool hidden(std::string_view name) const override { return LowerStore::is_internal_name(name); }
+
+ private:
+  LowerStore& s_;
+};
+
+class ClHooks final : public LayerHooks {
+ public:
+  bool hidden(std::string_view name) const override { return LowerStore::is_internal_name(name); }
+};
+
+namespace {
+
+// How long the mount may take to answer its first stat once mounted.
+constexpr auto kReadyTimeout = std::chrono::seconds(30);
+
+StartupError startup_error(int code, std::string msg) { return StartupError{code, std::move(msg)}; }
+
+// Creates --cache/lower if needed, claims it and empties it (keeping the marker).
+std::optional<StartupError> take_mirror(const std::string& mirror) {
+  struct stat st;
+  if (::lstat(mirror.c_str(), &st) != 0) {
+    if (errno != ENOENT) return startup_error(kExitLayerDir, mirror + ": " + std::strerror(errno));
+    if (::mkdir(mirror.c_str(), 0755) != 0 && errno != EEXIST)
+      return startup_error(kExitLayerDir, "--cache: cannot create " + mirror + ": " + std::strerror(errno));
+  } else if (!S_ISDIR(st.st_mode)) {
+    return startup_error(kExitLayerDir, "--cache: " + mirror + " exists and is not a directory (antares-fs owns DIR/lower)");
+  }
+  if (auto s = mirror::claim_dir(mirror, "--cache: the lower mirror"); !s)
+    return startup_error(kExitLayerDir, s.error().message);
+  UniqueFd fd(::open(mirror.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return startup_error(kExitLayerDir, mirror + ": " + std::strerror(errno));
+  // The mirror starts empty so nothing from an earlier mount is served.
+  if (auto s = mirror::clear_owned_dir(fd.get()); !s)
+    return startup_error(kExitLayerDir, "--cache: cannot empty " + mirror + ": " + s.error().describe());
+  return std::nullopt;
+}
+
+}  // namespace
+
+Daemon::Daemon(DaemonOptions o) : opts_(std::move(o)) {}
+
+Daemon::~Daemon() {
+  {
+    std::lock_guard lk(poll_mu_);
+    stopping_ = true;
+  }
+  poll_cv_.notify_all();
+}
+
+std::optional<StartupError> Daemon::prepare() {
+  const HandleStrategy* initial = strategies_.find(opts_.strategy);
+  if (!initial) return startup_error(kExitUsage, "--strategy: unknown strategy '" + opts_.strategy + "' (none, A, B, C, auto)");
+  const std::string mirror = opts_.cache + "/lower";
+  if (auto e = take_mirror(mirror)) return e;
+  if (!opts_.cl_dir.empty())
+    if (auto s = mirror::claim_dir(opts_.cl_dir, "--cl-dir"); !s) return startup_error(kExitLayerDir, s.error().message);
+
+  remote::MegaClientOptions mo;
+  mo.base_url = opts_.mega;
+  mega_ = std::make_unique<remote::MegaClient>(mo);
+  if (auto st = mega_->probe(opts_.startup_timeout); !st)
+    return startup_error(kExitUnreachable, "Mega at " + opts_.mega + " did not answer: " + st.error().describe() +
+                                               " (--startup-timeout " + std::to_string(opts_.startup_timeout.count()) +
+                                               "ms)");
+  lower_ = std::make_unique<LowerStore>(*mega_, mirror, std::chrono::duration_cast<Clock::Duration>(opts_.ttl));
+  if (auto st = lower_->status(); !st.ok()) return startup_error(kExitLayerDir, "lower mirror: " + st.error().describe());
+  if (auto st = lower_->ensure_dir(""); !st.ok())
+    return startup_error(kExitUnreachable, "cannot list / from Mega at " + opts_.mega + ": " + st.error().describe());
+  if (!opts_.cl.empty()) {
+    cl_ = std::make_unique<ClBuilder>(*mega_, opts_.cl, opts_.cl_dir);
+    if (auto st = cl_->build(); !st.ok())
+      return startup_error(st.err() == ENOENT ? kExitFailure : kExitUnreachable,
+                           "cannot build CL " + opts_.cl + ": " + st.error().describe());
+  }
+
+  lower_hooks_ = std::make_unique<LowerHooks>(*lower_);
+  cl_hooks_ = std::make_unique<ClHooks>();
+  std::vector<std::unique_ptr<Layer>> layers;
+  std::optional<StartupError> err;
+  auto add_layer = [&](const char* name, const std::string& dir, bool writable, LayerHooks* hooks) -> size_t {
+    auto l = Layer::open(name, dir, writable, hooks);
+    if (!l.ok()) {
+      err = startup_error(kExitLayerDir, l.error().describe());
+      return 0;
+    }
+    layers.push_back(std::move(*l));
+    return layers.size() - 1;
+  };
+  add_layer("upper", opts_.upper, true, nullptr);
+  if (cl_) cl_layer_ = add_layer("cl", opts_.cl_dir, false, cl_hooks_.get());
+  lower_layer_ = add_layer("lower", mirror, false, lower_hooks_.get());
+  if (err) return err;
+
+  slot_ = std::make_unique<StrategySlot>(initial);
+  apply_strategy(initial);
+  fs_ = std::make_unique<UnionFs>(std::move(layers), *slot_);
+  if (auto st = fs_->init(); !st.ok()) return startup_error(kExitLayerDir, st.error().describe());
+  fs_->set_identity_observer([this](NodeId n) {
+    if (slot_->get().invalidates()) invalidator_.push({{KernelInvalidation::Kind::inode, n, {}}});
+  });
+  // Each owner brackets its real changes, so B waits only for those.
+  auto listener_for = [this](size_t layer) {
+    return LayerChangeListener{[this, layer] { fs_->layer(layer).begin_change(); },
+                               [this, layer](const std::vector<LayerChange>& c) {
+                                 on_change(layer, c);
+                                 fs_->layer(layer).end_change();
+                               }};
+  };
+  lower_->set_listener(listener_for(lower_layer_));
+  if (cl_) cl_->set_listener(listener_for(cl_layer_));
+  adapter_ = std::make_unique<FuseAdapter>(*fs_, timeouts_);
+  register_metrics();
+  return std::nullopt;
+}
+
+void Daemon::apply_strategy(const HandleStrategy* s) {
+  slot_->set(s);
+  if (s->invalidates()) {
+    // Names are trusted as long as the listing that produced them is fresh, so
+    // the kernel's lookups still drive the lower layer's TTL refresh; what the
+    // refresh changes is invalidated, so attributes and pages can live long.
+    timeouts_.entry = std::max(opts_.entry_timeout, std::chrono::duration<double>(opts_.ttl).count());
+    timeouts_.attr = std::max(opts_.attr_timeout, opts_.long_timeout);
+    timeouts_.keep_cache = true;
+  } else {
+    timeouts_.entry = opts_.entry_timeout;
+    timeouts_.attr = opts_.attr_timeout;
+    timeouts_.keep_cache = false;
+  }
+  if (fs_) fs_->drop_caches();
+  log::info("strategy", {{"name", std::string(s->name())},
+                         {"entry_timeout", std::to_string(timeouts_.entry.load())},
+                         {"attr_timeout", std::to_string(timeouts_.attr.load())}});
+}
+
+Result<std::string> Daemon::set_strategy(const std::string& name) {
+  const HandleStrategy* s = strategies_.find(name);
+  if (!s) return Error::from_errno(EINVAL, "unknown strategy '" + name + "' (none, A, B, C, auto)");
+  apply_strategy(s);
+  return std::string(s->name());
+}
+
+void Daemon::on_change(size_t layer, const std::vector<LayerChange>& changes) {
+  layer_changes_ += changes.size();
+  if (!fs_ || !slot_->get().invalidates()) return;
+  invalidator_.push(fs_->on_layer_change(layer, changes));
+}
+
+Status Daemon::refresh(const std::string& path) {
+  auto rel = control::normalize_refresh_path(path);
+  if (!rel) return rel.error();
+  lower_->expire(*rel);
+  if (cl_) {
+    auto r = cl_->resync();
+    if (!r.ok()) return r.error();
+    if (*r) cl_resyncs_++;
+  }
+  return {};
+}
+
+void Daemon::cl_poll_loop() {
+  std::unique_lock lk(poll_mu_);
+  while (!poll_cv_.wait_for(lk, opts_.ttl, [&] { return stopping_; })) {
+    lk.unlock();
+    Result<bool> r = cl_->resync();
+    if (!r.ok()) {
+      cl_errors_++;
+      log::warn("cl_resync_failed", {{"cl", opts_.cl}, {"error", r.error().describe()}});
+    } else if (*r) {
+      cl_resyncs_++;
+      log::info("cl_resynced", {{"cl", opts_.cl}});
+    }
+    lk.lock();
+  }
+}
+
+nlohmann::json Daemon::status_json() {
+  const auto& us = fs_->stats();
+  uint64_t estale = 0;
+  for (auto& per_layer : us.estale)
+    for (auto& v : per_layer) estale += v.load();
+  const auto& ls = lower_->stats();
+  const auto& ms = mega_->stats();
+  auto& ss = strategies_.stats();
+  return {{"strategy", std::string(slot_->get().name())},
+          {"version", std::string(project_version()) + " (git " + git_describe() + ")"},
+          {"ttl_ms", opts_.ttl.count()},
+          {"mountpoint", opts_.mountpoint},
+          {"entry_timeout", timeouts_.entry.load()},
+          {"attr_timeout", timeouts_.attr.load()},
+          {"counters",
+           {{"estale_returned", estale},
+            {"estale_recovered", ss.recovered.load()},
+            {"estale_recovered_gone", ss.recovered_gone.load()},
+            {"identity_changes", ss.identity_changes.load()},
+            {"invalidations_sent", invalidator_.sent()},
+            {"invalidations_failed", invalidator_.failed()},
+            {"layer_changes", layer_changes_.load()},
+            {"upper_events", watcher_.events()},
+            {"listings_fetched", ls.listings_fetched.load()},
+            {"refreshes", ls.refreshes.load()},
+            {"entries_changed", ls.entries_changed.load()},
+            {"blobs_fetched", ls.blobs_fetched.load()},
+            {"cl_resyncs", cl_resyncs_.load()},
+            {"http_requests", ms.requests.load()},
+            {"http_errors", ms.errors.load()},
+            {"nodes", us.nodes.load()},
+            {"dir_loads", us.dir_loads.load()},
+            {"dir_reloads", us.dir_reloads.load()},
+            {"change_races", us.change_races.load()},
+            {"renewed_nodes", us.renewed_nodes.load()},
+            {"retired_nodes", us.retired_nodes.load()},
+            {"copy_ups", us.copy_ups.load()}}}};
+}
+
+void Daemon::register_metrics() {
+  auto& m = metrics_;
+  auto& ss = strategies_.stats();
+  m.counter_fn("antares_estale_recovered_total", "ESTALE recovered by re-resolving the path",
+               [&ss] { return ss.recovered.load(); });
+  m.counter_fn("antares_estale_recovered_gone_total", "ESTALE whose path was gone (ENOENT)",
+               [&ss] { return ss.recovered_gone.load(); });
+  m.counter_fn("antares_invalidations_total", "kernel invalidations by outcome", [this] { return invalidator_.sent(); },
+               {{"result", "sent"}});
+  m.counter_fn("antares_invalidations_total", "kernel invalidations by outcome",
+               [this] { return invalidator_.failed(); }, {{"result", "failed"}});
+  const auto& ls = lower_->stats();
+  m.counter_fn("antares_lower_listings_total", "lower listings fetched", [&ls] { return ls.listings_fetched.load(); });
+  m.counter_fn("antares_lower_refreshes_total", "lower refreshes that found a change", [&ls] { return ls.refreshes.load(); });
+  m.counter_fn("antares_lower_entries_changed_total", "lower entries added, replaced or removed",
+               [&ls] { return ls.entries_changed.load(); });
+  m.counter_fn("antares_lower_blobs_total", "blobs fetched", [&ls] { return ls.blobs_fetched.load(); });
+  m.counter_fn("antares_cl_resyncs_total", "CL re-syncs that changed the CL layer", [this] { return cl_resyncs_.load(); });
+  m.counter_fn("antares_cl_resync_errors_total", "CL re-syncs that failed", [this] { return cl_errors_.load(); });
+  m.counter_fn("antares_layer_changes_total", "layer changes seen (lower refresh, CL re-sync, upper events)",
+               [this] { return layer_changes_.load(); });
+  const auto& ms = mega_->stats();
+  m.counter_fn("antares_http_requests_total", "HTTP requests to Mega (retries included)", [&ms] { return ms.requests.load(); });
+  m.counter_fn("antares_http_errors_total", "failed HTTP requests to Mega", [&ms] { return ms.errors.load(); });
+  m.counter_fn("antares_http_retries_total", "HTTP retries to Mega", [&ms] { return ms.retries.load(); });
+  m.gauge("antares_http_latency_seconds_total", "summed HTTP latency",
+          [&ms] { return double(ms.latency_us_total.load()) / 1e6; });
+  for (size_t l = 0; l < fs_->layer_count(); ++l) {
+    Layer& layer = fs_->layer(l);
+    std::string name(layer.name());
+    m.gauge("antares_handle_cache_entries", "file handles cached per layer",
+            [&layer] { return double(layer.cache().size()); }, {{"layer", name}});
+    m.counter_fn("antares_handle_cache_lookups_total", "handle cache lookups by layer and result",
+                 [&layer] { return layer.cache().stats().hits.load(); }, {{"layer", name}, {"result", "hit"}});
+    m.counter_fn("antares_handle_cache_lookups_total", "handle cache lookups by layer and result",
+                 [&layer] { return layer.cache().stats().misses.load(); }, {{"layer", name}, {"result", "miss"}});
+  }
+  const auto& us = fs_->stats();
+  m.gauge("antares_nodes", "nodes the kernel holds", [&us] { return double(us.nodes.load()); });
+  for (const char* n : {"none", "A", "B", "C", "auto"}) {
+    std::string name = n;
+    m.gauge("antares_strategy", "the current stale-handle strategy (1 = current)",
+            [this, name] { return slot_->get().name() == name ? 1.0 : 0.0; }, {{"name", name}});
+  }
+  m.gauge("antares_build_info", "1, labelled with the version", [] { return 1.0; },
+          {{"version", project_version()}, {"git", git_describe()}});
+}
+
+// Series that exist once they are non-zero: FUSE replies by op and errno, and
+// ESTALE by layer and op. Registered on first sight so /metrics stays small.
+void Daemon::register_reply_series() {
+  std::lock_guard l(metrics_mu_);
+  auto& rs = adapter_->stats();
+  reply_series_.resize(size_t(FuseOp::kCount) * ReplyStats::kMaxErrno);
+  for (int op = 0; op < int(FuseOp::kCount); ++op)
+    for (int e = 0; e < ReplyStats::kMaxErrno; ++e) {
+      size_t i = size_t(op) * ReplyStats::kMaxErrno + size_t(e);
+      if (reply_series_[i] || rs.replies[op][e].load() == 0) continue;
+      reply_series_[i] = true;
+      const char* name = e == 0 ? "ok" : strerrorname_np(e);
+      metrics_.counter_fn("antares_requests_total", "FUSE requests by operation and result",
+                          [&rs, op, e] { return rs.replies[op][e].load(); },
+                          {{"op", fuse_op_name(FuseOp(op))}, {"result", name ? name : std::to_string(e)}});
+    }
+  const auto& us = fs_->stats();
+  size_t layers = std::min(fs_->layer_count(), size_t(UnionStats::kMaxLayers));
+  estale_series_.resize(size_t(UnionStats::kMaxLayers) * size_t(Op::kCount));
+  for (size_t l = 0; l < layers; ++l)
+    for (int op = 0; op < int(Op::kCount); ++op) {
+      size_t i = l * size_t(Op::kCount) + size_t(op);
+      if (estale_series_[i] || us.estale[l][op].load() == 0) continue;
+      estale_series_[i] = true;
+      metrics_.counter_fn("antares_estale_returned_total", "ESTALE returned to the kernel by layer and operation",
+                          [&us, l, op] { return us.estale[l][op].load(); },
+                          {{"layer", std::string(fs_->layer(l).name())}, {"op", op_name(Op(op))}});
+    }
+}
+
+std::string Daemon::metrics_text() {
+  register_reply_series();
+  return metrics_.prometheus_text();
+}
+
+int Daemon::serve(const ReadyFn& ready) {
+  auto fail_early = [&](int code, const std::string& msg) {
+    log::error("startup_failed", {{"error", msg}, {"exit", std::to_string(code)}});
+    ready(StartupError{code, msg});
+    return code;
+  };
+  struct stat before {};
+  ::stat(opts_.mountpoint.c_str(), &before);
+
+  std::string fuse_opts;
+  for (const auto& o : opts_.fuse_options) fuse_opts += (fuse_opts.empty() ? "" : ",") + o;
+  std::vector<std::string> argv_s = {"antares-fs", "-o", fuse_opts};
+  if (log::enabled(log::Level::debug) && std::getenv("ANTARES_FUSE_DEBUG")) argv_s.push_back("-d");
+  std::vector<char*> argv_c;
+  for (auto& s : argv_s) argv_c.push_back(s.data());
+  fuse_args args = FUSE_ARGS_INIT(int(argv_c.size()), argv_c.data());
+  fuse_session* se = fuse_session_new(&args, &FuseAdapter::ops(), sizeof(fuse_lowlevel_ops), adapter_.get());
+  if (!se) return fail_early(kExitUsage, "libfuse refused the mount options " + fuse_opts + " (see the message above)");
+  if (fuse_set_signal_handlers(se) != 0) {
+    fuse_session_destroy(se);
+    return fail_early(kExitFailure, "cannot install signal handlers");
+  }
+  if (fuse_session_mount(se, opts_.mountpoint.c_str()) != 0) {
+    fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+    return fail_early(kExitMountpoint, "cannot mount at " + opts_.mountpoint + " (see the message above)");
+  }
+  invalidator_.start(se);
+  if (auto st = watcher_.start(opts_.upper, {nullptr, [this](const std::vector<LayerChange>& c) { on_change(0, c); }}); !st.ok())
+    log::warn("upper_watch_unavailable", {{"error", st.error().describe()}});
+  else {
+    fs_->set_upper_dir_observer([this](const std::string& rel) { watcher_.watch(rel); });
+    adapter_->set_before_request([this] {
+      if (slot_->get().invalidates()) watcher_.drain();
+    });
+  }
+  std::thread poller;
+  if (cl_) poller = std::thread([this] { cl_poll_loop(); });
+
+  control::ControlHandlers h;
+  h.status = [this] { return status_json(); };
+  h.metrics = [this] { return metrics_text(); };
+  h.refresh = [this](const std::string& p) { return refresh(p); };
+  h.set_strategy = [this](const std::string& name) { return set_strategy(name); };
+  auto control = control::ControlServer::start(opts_.mountpoint, opts_.run_dir, std::move(h));
+  int code = kExitOk;
+  std::thread readiness;
+  std::atomic<bool> loop_done{false};
+  if (!control.ok()) {
+    code = kExitFailure;
+    fail_early(code, "cannot start the control endpoint: " + control.error().describe());
+  } else {
+    // The mount answers once the loop below serves the kernel's INIT; only
+    // then (and with the endpoint file written above) is the daemon ready.
+    readiness = std::thread([&, se] {
+      auto deadline = std::chrono::steady_clock::now() + kReadyTimeout;
+      while (!loop_done.load()) {
+        struct stat st {};
+        if (::stat(opts_.mountpoint.c_str(), &st) == 0 && st.st_dev != before.st_dev) {
+          log::info("mounted", {{"mountpoint", opts_.mountpoint},
+                                {"strategy", std::string(slot_->get().name())},
+                                {"ttl_ms", std::to_string(opts_.ttl.count())},
+                                {"control", (*control)->endpoint_file()},
+                                {"pid", std::to_string(::getpid())},
+                                {"version", std::string(project_version()) + "+" + git_describe()}});
+          ready(std::nullopt);
+          return;
+        }
+        if (std::chrono::steady_clock::now() > deadline) {
+          std::string msg = "the mount at " + opts_.mountpoint + " did not answer within 30 s";
+          log::error("startup_failed", {{"error", msg}, {"exit", "1"}});
+          ready(StartupError{kExitFailure, msg});
+          fuse_session_exit(se);
+          ::kill(::getpid(), SIGTERM);  // wakes the loop
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+    fuse_loop_config* cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_max_threads(cfg, unsigned(opts_.threads));
+    fuse_loop_cfg_set_idle_threads(cfg, unsigned(std::max(1, opts_.threads / 2)));
+    // The loop returns the signal number when SIGINT/SIGTERM/SIGHUP ended it.
+    int r = fuse_session_loop_mt(se, cfg);
+    loop_done = true;
+    if (r < 0) {
+      log::error("fuse_loop_failed", {{"error", std::strerror(-r)}});
+      code = kExitFailure;
+    }
+    fuse_loop_cfg_destroy(cfg);
+  }
+  if (readiness.joinable()) readiness.join();
+  {
+    std::lock_guard lk(poll_mu_);
+    stopping_ = true;
+  }
+  poll_cv_.notify_all();
+  if (poller.joinable()) poller.join();
+  if (control.ok()) control->reset();
+  watcher_.stop();
+  invalidator_.stop();
+  fuse_session_unmount(se);
+  fuse_remove_signal_handlers(se);
+  fuse_session_destroy(se);
+  log::info("unmounted", {{"mountpoint", opts_.mountpoint}});
+  return code;
+}
+
+}  // namespace antares::fs

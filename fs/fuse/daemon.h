@@ -1,0 +1,108 @@
+// Daemon: everything one antares-fs mount owns and the policy that ties it
+// together: which directories it may wipe, how a strategy maps to kernel cache
+// timeouts, where layer changes go, what the control endpoint answers (status,
+// metrics through the control::Metrics registry, strategy, refresh). prepare()
+// needs no FUSE, so the policy is unit-tested on a real lower store; serve()
+// mounts and runs the session loop. daemon_main() is the whole antares-fs
+// program (options, logging, detaching with a readiness handshake).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+#include "fs/control/metrics.h"
+#include "fs/fuse/daemon_options.h"
+#include "fs/fuse/fuse_adapter.h"
+#include "fs/fuse/upper_watcher.h"
+#include "fs/layers/strategy.h"
+
+namespace antares::remote {
+class MegaClient;
+}
+
+namespace antares::fs {
+
+class LowerStore;
+class ClBuilder;
+class LowerHooks;
+class ClHooks;
+
+class Daemon {
+ public:
+  // `o` has been through validate_paths() (absolute, disjoint directories).
+  explicit Daemon(DaemonOptions o);
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // Takes ownership of --cache/lower and --cl-dir (refusing directories with
+  // data antares-fs did not create: kExitLayerDir), checks that Mega answers
+  // within --startup-timeout (kExitUnreachable), lists "/", builds the CL
+  // layer and the union. Starts no thread.
+  std::optional<StartupError> prepare();
+
+  // Called once from serve(): nullopt when the mount answers and the control
+  // endpoint file is in place, else why not (serve() then returns its code).
+  using ReadyFn = std::function<void(const std::optional<StartupError>&)>;
+  // Mounts, serves until unmounted or SIGINT/SIGTERM/SIGHUP, unmounts.
+  // Returns the exit code.
+  int serve(const ReadyFn& ready);
+
+  // The policy; thread-safe once prepare() succeeded.
+  // Switches the strategy ("a" -> "A"); EINVAL for an unknown name.
+  Result<std::string> set_strategy(const std::string& name);
+  // Expires `path` (see control::normalize_refresh_path; EINVAL for "..")
+  // in the lower store and re-syncs the CL layer.
+  Status refresh(const std::string& path);
+  nlohmann::json status_json();
+  std::string metrics_text();
+  const KernelTimeouts& timeouts() const { return timeouts_; }
+  const DaemonOptions& options() const { return opts_; }
+
+ private:
+  void apply_strategy(const HandleStrategy* s);
+  void on_change(size_t layer, const std::vector<LayerChange>& changes);
+  void cl_poll_loop();
+  void register_metrics();
+  void register_reply_series();
+
+  DaemonOptions opts_;
+  std::unique_ptr<remote::MegaClient> mega_;
+  std::unique_ptr<LowerStore> lower_;
+  std::unique_ptr<ClBuilder> cl_;
+  std::unique_ptr<LowerHooks> lower_hooks_;
+  std::unique_ptr<ClHooks> cl_hooks_;
+  StrategySet strategies_;
+  std::unique_ptr<StrategySlot> slot_;
+  std::unique_ptr<UnionFs> fs_;
+  KernelTimeouts timeouts_;
+  std::unique_ptr<FuseAdapter> adapter_;
+  Invalidator invalidator_;
+  UpperWatcher watcher_;
+  control::Metrics metrics_;
+  std::mutex metrics_mu_;  // guards the registered-series bookkeeping below
+  std::vector<bool> reply_series_, estale_series_;
+  size_t cl_layer_ = 0, lower_layer_ = 0;
+  std::atomic<uint64_t> layer_changes_{0}, cl_resyncs_{0}, cl_errors_{0};
+  std::mutex poll_mu_;
+  std::condition_variable poll_cv_;
+  bool stopping_ = false;  // guarded by poll_mu_
+};
+
+// The antares-fs program: parses argv, sets up logging, validates, prepares,
+// then serves in the foreground or detaches. When detaching, the parent exits
+// 0 only after the child reported the mount answering and the control
+// endpoint file in place; otherwise with the child's exit code (its reason is
+// on stderr). Returns the exit code.
+int daemon_main(int argc, char** argv);
+
+}  // namespace antares::fs

@@ -1,0 +1,178 @@
+// The daemon's policy without FUSE: prepare() against an in-process mock-mega,
+// strategy switches and the kernel timeouts they imply, refresh paths, status
+// and metrics, the directories it refuses to wipe, and the startup deadline.
+#include "fs/fuse/daemon.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "fs/lower/mirror_fs.h"
+#include "mock-mega/server.h"
+#include "testing/subprocess.h"
+
+namespace antares::fs {
+namespace {
+
+namespace stdfs = std::filesystem;
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    mock::ServerOptions so;
+    so.repo = {.seed = 7, .files = 60, .cls = 2};
+    server_ = std::make_unique<mock::MockMegaServer>(std::move(so));
+    ASSERT_TRUE(server_->start().ok());
+    for (auto d : {"mnt", "upper", "cache", "cl"}) stdfs::create_directories(tmp_ / d);
+  }
+  DaemonOptions options(bool with_cl = false) {
+    DaemonOptions o;
+    o.mega = server_->base_url();
+    o.mountpoint = tmp_ / "mnt";
+    o.upper = tmp_ / "upper";
+    o.cache = tmp_ / "cache";
+    o.run_dir = tmp_ / "run";
+    o.ttl = std::chrono::milliseconds(300);
+    if (with_cl) o.cl = "1", o.cl_dir = tmp_ / "cl";
+    EXPECT_FALSE(validate_paths(o));
+    return o;
+  }
+  testing::TempDir tmp_;
+  std::unique_ptr<mock::MockMegaServer> server_;
+};
+
+TEST_F(DaemonTest, StrategySwitchesAnswerTheCanonicalNameAndSetKernelTimeouts) {
+  DaemonOptions o = options();
+  o.entry_timeout = 1;
+  o.attr_timeout = 2;
+  o.long_timeout = 60;
+  o.ttl = std::chrono::seconds(5);
+  o.strategy = "none";
+  Daemon d(o);
+  auto e = d.prepare();
+  ASSERT_FALSE(e) << e->message;
+  EXPECT_DOUBLE_EQ(d.timeouts().entry.load(), 1);
+  EXPECT_DOUBLE_EQ(d.timeouts().attr.load(), 2);
+  EXPECT_FALSE(d.timeouts().keep_cache.load());
+
+  auto b = d.set_strategy("b");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(*b, "B");
+  // B invalidates: entries live as long as the listing, attributes long.
+  EXPECT_DOUBLE_EQ(d.timeouts().entry.load(), 5);
+  EXPECT_DOUBLE_EQ(d.timeouts().attr.load(), 60);
+  EXPECT_TRUE(d.timeouts().keep_cache.load());
+  EXPECT_EQ(*d.set_strategy("AUTO"), "auto");
+  EXPECT_EQ(*d.set_strategy("a"), "A");
+  EXPECT_DOUBLE_EQ(d.timeouts().entry.load(), 1);
+  auto bad = d.set_strategy("Z");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.err(), EINVAL);
+  EXPECT_EQ(d.status_json()["strategy"], "A");
+}
+
+TEST_F(DaemonTest, RefreshRefusesPathsOutsideTheMount) {
+  Daemon d(options(true));
+  auto e = d.prepare();
+  ASSERT_FALSE(e) << e->message;
+  for (const char* bad : {"../../etc", "a/../../b", ".."}) {
+    auto st = d.refresh(bad);
+    EXPECT_EQ(st.err(), EINVAL) << bad;
+  }
+  EXPECT_TRUE(d.refresh("").ok());
+  EXPECT_TRUE(d.refresh("/").ok());
+  EXPECT_TRUE(d.refresh("./a//b/").ok());
+}
+
+TEST_F(DaemonTest, StatusAndMetricsComeFromTheRegistry) {
+  Daemon d(options());
+  auto e = d.prepare();
+  ASSERT_FALSE(e) << e->message;
+  auto s = d.status_json();
+  EXPECT_EQ(s["strategy"], "auto");
+  EXPECT_TRUE(s["version"].is_string());
+  EXPECT_GE(s["counters"]["listings_fetched"].get<uint64_t>(), 1u);
+  std::string m = d.metrics_text();
+  for (const char* want : {"# TYPE antares_lower_listings_total counter", "antares_strategy{name=\"auto\"} 1",
+                           "antares_strategy{name=\"none\"} 0", "# TYPE antares_http_requests_total counter",
+                           "antares_handle_cache_entries{layer=\"lower\"}", "antares_build_info{"})
+    EXPECT_NE(m.find(want), std::string::npos) << want << "\n" << m;
+  // One HELP/TYPE per family even with several series.
+  size_t first = m.find("# TYPE antares_strategy gauge");
+  ASSERT_NE(first, std::string::npos);
+  EXPECT_EQ(m.find("# TYPE antares_strategy gauge", first + 1), std::string::npos);
+}
+
+TEST_F(DaemonTest, RefusesAnUnmarkedLowerMirrorWithData) {
+  stdfs::create_directories(tmp_ / "cache/lower");
+  std::ofstream(tmp_ / "cache/lower/precious") << "mine";
+  Daemon d(options());
+  auto e = d.prepare();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, kExitLayerDir);
+  EXPECT_NE(e->message.find("not created by antares-fs"), std::string::npos) << e->message;
+  EXPECT_EQ(testing::read_file(tmp_ / "cache/lower/precious"), "mine");
+}
+
+TEST_F(DaemonTest, RefusesANonEmptyUnmarkedClDir) {
+  std::ofstream(tmp_ / "cl/precious") << "mine";
+  Daemon d(options(true));
+  auto e = d.prepare();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, kExitLayerDir);
+  EXPECT_NE(e->message.find("--cl-dir"), std::string::npos) << e->message;
+  EXPECT_EQ(testing::read_file(tmp_ / "cl/precious"), "mine");
+}
+
+TEST_F(DaemonTest, DirectoriesItCreatedAreMarkedAndWipedNextTime) {
+  {
+    Daemon d(options(true));
+    auto e = d.prepare();
+    ASSERT_FALSE(e) << e->message;
+  }
+  const std::string marker(mirror::kOwnerMarker);
+  EXPECT_TRUE(stdfs::exists(tmp_ / ("cache/lower/" + marker)));
+  EXPECT_TRUE(stdfs::exists(tmp_ / ("cl/" + marker)));
+  std::ofstream(tmp_ / "cache/lower/leftover") << "old";
+  std::ofstream(tmp_ / "cl/leftover") << "old";
+  Daemon d(options(true));
+  auto e = d.prepare();
+  ASSERT_FALSE(e) << e->message;
+  EXPECT_FALSE(stdfs::exists(tmp_ / "cache/lower/leftover"));
+  EXPECT_FALSE(stdfs::exists(tmp_ / "cl/leftover"));
+  EXPECT_TRUE(stdfs::exists(tmp_ / ("cache/lower/" + marker)));
+  EXPECT_TRUE(stdfs::exists(tmp_ / ("cl/" + marker)));
+}
+
+// A server that accepts connections (the kernel does, from the backlog) and
+// never answers.
+TEST_F(DaemonTest, SilentServerFailsWithinTheStartupTimeout) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(listen(fd, 64), 0);
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  DaemonOptions o = options();
+  o.mega = "http://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  o.startup_timeout = std::chrono::milliseconds(700);
+  Daemon d(o);
+  auto t0 = std::chrono::steady_clock::now();
+  auto e = d.prepare();
+  auto took = std::chrono::steady_clock::now() - t0;
+  close(fd);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, kExitUnreachable);
+  EXPECT_NE(e->message.find("did not answer"), std::string::npos) << e->message;
+  EXPECT_LT(took, std::chrono::seconds(5)) << "not bounded by --startup-timeout";
+}
+
+}  // namespace
+}  // namespace antares::fs
