@@ -3,6 +3,7 @@
 // hand-made tree, blobs and CL list and lets a test fail or stall any request.
 #pragma once
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -61,6 +63,17 @@ inline std::optional<struct stat> lstat_of(const std::string& p) {
   return st;
 }
 
+// The names in directory `dir` (without "." and "..").
+inline std::set<std::string> names_in(const std::string& dir) {
+  std::set<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return out;
+  while (struct dirent* de = ::readdir(d))
+    if (std::string_view(de->d_name) != "." && std::string_view(de->d_name) != "..") out.insert(de->d_name);
+  ::closedir(d);
+  return out;
+}
+
 inline std::string slurp(const std::string& p) {
   int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return "<open failed>";
@@ -80,8 +93,9 @@ class FakeMega : public remote::HttpClient {
   struct Item {
     std::string name;
     bool is_dir = false;
-    std::string oid;  // hex
+    std::string oid;  // hex; ignored for directories made by add_dir (their tree oid is computed)
     std::optional<uint64_t> size;
+    bool computed = false;  // a directory whose oid is the Merkle hash of what is beneath it
   };
   using Hook = std::function<std::optional<Result<remote::HttpResponse>>(const remote::HttpRequest&)>;
 
@@ -96,12 +110,17 @@ class FakeMega : public remote::HttpClient {
     v.push_back({name, false, oid, with_size ? std::optional<uint64_t>(content.size()) : std::nullopt});
     return oid;
   }
-  void add_dir(const std::string& dir, const std::string& name, const std::string& oid_seed = "") {
+  // A directory whose oid changes iff something beneath it changes, as on Mega.
+  void add_dir(const std::string& dir, const std::string& name) {
     std::lock_guard l(mu_);
     auto& v = dirs_[dir];
     std::erase_if(v, [&](const Item& i) { return i.name == name; });
-    v.push_back({name, true, git_blob_oid("tree:" + dir + "/" + name + oid_seed).hex(), std::nullopt});
+    v.push_back({name, true, "", std::nullopt, true});
     dirs_[(dir == "/" ? "" : dir) + "/" + name];
+  }
+  void remove(const std::string& dir, const std::string& name) {
+    std::lock_guard l(mu_);
+    std::erase_if(dirs_[dir], [&](const Item& i) { return i.name == name; });
   }
   void add_raw(const std::string& dir, Item item) {
     std::lock_guard l(mu_);
@@ -149,11 +168,26 @@ class FakeMega : public remote::HttpClient {
       if (it == dirs_.end()) return remote::HttpResponse{404, R"({"req_result":false,"data":null,"err_message":"no such path"})", {}};
       auto data = nlohmann::json::array();
       for (const auto& i : it->second) {
-        nlohmann::json j = {{"name", i.name}, {"content_type", i.is_dir ? "directory" : "file"}, {"oid", i.oid}};
+        nlohmann::json j = {{"name", i.name}, {"content_type", i.is_dir ? "directory" : "file"}, {"oid", oid_of(path, i)}};
         if (i.size) j["size"] = *i.size;
         data.push_back(j);
       }
       for (const auto& j : raw_[path]) data.push_back(j);
+      return ok_json(data);
+    }
+    if (rest.starts_with("/tree/dir-hash?path=")) {
+      std::string path = decode(rest.substr(20));
+      auto data = nlohmann::json::array();
+      if (path == "/") {
+        data.push_back({{"name", ""}, {"content_type", "directory"}, {"oid", tree_oid("/").hex()}});
+      } else {
+        const auto slash = path.rfind('/');
+        const std::string parent = slash == 0 ? "/" : path.substr(0, slash);
+        if (auto p = dirs_.find(parent); p != dirs_.end())
+          for (const auto& i : p->second)
+            if (i.name == path.substr(slash + 1))
+              data.push_back({{"name", i.name}, {"content_type", i.is_dir ? "directory" : "file"}, {"oid", oid_of(parent, i)}});
+      }
       return ok_json(data);
     }
     if (rest.starts_with("/file/blob/")) {
@@ -167,6 +201,24 @@ class FakeMega : public remote::HttpClient {
   }
 
  private:
+  static std::string child_path(const std::string& dir, const std::string& name) {
+    return (dir == "/" ? "" : dir) + "/" + name;
+  }
+  std::string oid_of(const std::string& dir, const Item& i) {
+    return i.computed ? tree_oid(child_path(dir, i.name)).hex() : i.oid;
+  }
+  // The Merkle oid of a directory: its items (and any raw entries) hashed.
+  Oid tree_oid(const std::string& path) {
+    std::vector<TreeEntry> entries;
+    for (const auto& i : dirs_[path]) {
+      auto oid = Oid::from_hex(oid_of(path, i));
+      entries.push_back({i.name, i.is_dir, oid ? *oid : git_blob_oid(i.oid)});
+    }
+    Oid t = git_tree_oid(std::move(entries));
+    std::string raw;
+    for (const auto& j : raw_[path]) raw += j.dump();
+    return raw.empty() ? t : git_blob_oid(t.hex() + raw);
+  }
   static remote::HttpResponse ok_json(const nlohmann::json& data) {
     nlohmann::json j = {{"req_result", true}, {"data", data}, {"err_message", ""}};
     return remote::HttpResponse{200, j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), {}};
