@@ -180,22 +180,55 @@ Result<T> with_retries(HttpClient& http, MegaClientStats& stats, const RetryPoli
 
 }  // namespace
 
-Status MegaClient::probe(std::chrono::milliseconds deadline) {
-  RetryPolicy policy = opts_.listing;
+namespace {
+
+// The dir-hash answer: the one item of a path, nullopt if there is none.
+Verdict<std::optional<TreeItem>> judge_dir_hash(const HttpResponse& r, const std::string& what) {
+  using T = std::optional<TreeItem>;
+  std::vector<DroppedItem> dropped;
+  auto items = parse_items(r, what, &dropped);
+  if (!items.value) return Verdict<T>::fail(*items.error, items.retry);
+  if (!dropped.empty())  // the one item is the answer: there is nothing else to serve
+    return Verdict<T>::fail(Error{EBADMSG, r.status, what + ": malformed response: " + dropped[0].reason}, true);
+  if (items.value->size() > 1)
+    return Verdict<T>::fail(Error{EBADMSG, r.status, what + ": malformed response: more than one item"}, true);
+  return Verdict<T>::ok(items.value->empty() ? T() : T(std::move(items.value->front())));
+}
+
+RetryPolicy probe_policy(RetryPolicy policy, std::chrono::milliseconds deadline) {
   policy.timeout = std::min(policy.timeout, deadline);
   policy.deadline = deadline;
+  return policy;
+}
+
+Error probe_error(Error e, std::chrono::milliseconds deadline) {
+  if (e.err == ETIMEDOUT || e.message == "no attempt made")
+    e = Error{ETIMEDOUT, e.http_status,
+              "no answer within " + std::to_string(deadline.count()) + " ms (" + e.message + ")"};
+  return e;
+}
+
+}  // namespace
+
+Status MegaClient::probe(std::chrono::milliseconds deadline) {
   HttpRequest req = request("GET", opts_.base_url + "/api/v1/tree/content-hash?path=/");
-  auto r = with_retries<std::vector<TreeItem>>(*http_, stats_, policy, req,
+  auto r = with_retries<std::vector<TreeItem>>(*http_, stats_, probe_policy(opts_.listing, deadline), req,
                                                 [&](const HttpResponse& resp) {
                                                    std::vector<DroppedItem> dropped;
                                                    return parse_items(resp, "content-hash /", &dropped);
                                                  });
   if (r) return {};
-  Error e = r.error();
-  if (e.err == ETIMEDOUT || e.message == "no attempt made")
-    e = Error{ETIMEDOUT, e.http_status,
-              "no answer within " + std::to_string(deadline.count()) + " ms (" + e.message + ")"};
-  return e;
+  return probe_error(r.error(), deadline);
+}
+
+Result<Oid> MegaClient::probe_root(std::chrono::milliseconds deadline) {
+  HttpRequest req = request("GET", opts_.base_url + "/api/v1/tree/dir-hash?path=/");
+  auto r = with_retries<std::optional<TreeItem>>(*http_, stats_, probe_policy(opts_.listing, deadline), req,
+                                                 [&](const HttpResponse& resp) { return judge_dir_hash(resp, "dir-hash /"); });
+  if (!r) return probe_error(r.error(), deadline);
+  if (!*r || (*r)->type != ItemType::directory)
+    return Error{EBADMSG, 0, "dir-hash /: the answer holds no directory entry for /"};
+  return (*r)->oid;
 }
 
 Result<std::vector<TreeItem>> MegaClient::content_hash(const std::string& path, std::vector<DroppedItem>* dropped) {
@@ -210,17 +243,8 @@ Result<std::vector<TreeItem>> MegaClient::content_hash(const std::string& path, 
 Result<std::optional<TreeItem>> MegaClient::dir_hash(const std::string& path) {
   HttpRequest req = request("GET", opts_.base_url + "/api/v1/tree/dir-hash?path=" + url_encode_path(path));
   std::string what = "dir-hash " + path;
-  using T = std::optional<TreeItem>;
-  return with_retries<T>(*http_, stats_, opts_.listing, req, [&](const HttpResponse& r) {
-    std::vector<DroppedItem> dropped;
-    auto items = parse_items(r, what, &dropped);
-    if (!items.value) return Verdict<T>::fail(*items.error, items.retry);
-    if (!dropped.empty())  // the one item is the answer: there is nothing else to serve
-      return Verdict<T>::fail(Error{EBADMSG, r.status, what + ": malformed response: " + dropped[0].reason}, true);
-    if (items.value->size() > 1)
-      return Verdict<T>::fail(Error{EBADMSG, r.status, what + ": malformed response: more than one item"}, true);
-    return Verdict<T>::ok(items.value->empty() ? T() : T(std::move(items.value->front())));
-  });
+  return with_retries<std::optional<TreeItem>>(*http_, stats_, opts_.listing, req,
+                                               [&](const HttpResponse& r) { return judge_dir_hash(r, what); });
 }
 
 Result<std::string> MegaClient::blob(const Oid& oid) {

@@ -106,6 +106,10 @@ class MegaClient {
   // `deadline`. A server that accepts connections and never answers fails
   // with ETIMEDOUT after `deadline`, not after 4 full listing timeouts.
   Status probe(std::chrono::milliseconds deadline);
+  // probe(), asking dir-hash of "/" instead: the root's tree oid, so a store
+  // that keeps its mirror across restarts needs no second request to know
+  // whether anything changed. EBADMSG if the answer holds no directory.
+  Result<Oid> probe_root(std::chrono::milliseconds deadline);
 
   const MegaClientStats& stats() const { return stats_; }
   const std::string& base_url() const { return opts_.base_url; }

@@ -286,6 +286,31 @@ TEST(MegaClientProbe, AnsweringServerPasses) {
   EXPECT_EQ(http->requests.size(), 2u);
 }
 
+TEST(MegaClientProbe, ProbeRootAnswersTheRootOidWithinTheDeadline) {
+  auto http = std::make_shared<FakeHttp>();
+  http->script({transport(ECONNRESET),
+                ok(R"({"req_result":true,"err_message":"","data":[{"name":"","content_type":"directory","oid":")" +
+                   kOid + R"("}]})")});
+  MegaClient client(MegaClientOptions{"http://mega:8000", RetryPolicy{3, milliseconds(1), milliseconds(10000)}}, http);
+  auto r = client.probe_root(std::chrono::seconds(5));
+  ASSERT_TRUE(r.ok()) << r.error().describe();
+  EXPECT_EQ(r->hex(), kOid);
+  ASSERT_EQ(http->requests.size(), 2u);
+  EXPECT_EQ(http->requests[1].url, "http://mega:8000/api/v1/tree/dir-hash?path=/");
+  EXPECT_LE(http->requests[1].timeout, std::chrono::seconds(5));
+
+  http->script({ok(R"({"req_result":true,"err_message":"","data":[]})")});
+  EXPECT_EQ(client.probe_root(std::chrono::seconds(5)).err(), EBADMSG) << "no entry for /";
+
+  auto silent = std::make_shared<SilentHttp>();
+  MegaClient slow(MegaClientOptions{"http://mega:8000"}, silent);
+  auto t0 = std::chrono::steady_clock::now();
+  auto s = slow.probe_root(milliseconds(300));
+  EXPECT_EQ(s.err(), ETIMEDOUT);
+  EXPECT_NE(s.error().message.find("no answer within 300 ms"), std::string::npos) << s.error().message;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+}
+
 TEST(UrlEncode, KeepsSlashesAndUnreserved) {
   EXPECT_EQ(url_encode_path("/a-b_c.d~e/f"), "/a-b_c.d~e/f");
   EXPECT_EQ(url_encode_path("/a b&c=d?e#f"), "/a%20b%26c%3Dd%3Fe%23f");
