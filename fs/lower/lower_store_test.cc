@@ -81,12 +81,23 @@ struct Recorder {
   }
 };
 
-class LowerStoreLive : public ::testing::Test {
+// Every live test runs under both refresh modes: the mirror, the
+// replacement of changed files and the failures behave alike; only what
+// triggers a listing differs (per-dir-only tests skip under merkle; the
+// merkle ones are in lower_merkle_test.cc).
+class LowerStoreLive : public ::testing::TestWithParam<RefreshMode> {
  protected:
+  static LowerStoreOptions options() {
+    LowerStoreOptions o;
+    o.ttl = kTtl;
+    o.refresh = GetParam();
+    return o;
+  }
+  bool merkle() const { return GetParam() == RefreshMode::merkle; }
   LiveMega mega;
   antares::testing::TempDir dir;
   FakeClock clock;
-  LowerStore store{*mega.client, dir.path(), kTtl, clock};
+  LowerStore store{*mega.client, dir.path(), options(), clock};
 
   std::string mirror(const std::string& rel) { return dir.path() + "/" + rel; }
   std::string first_path(const char* cls) {
@@ -149,7 +160,7 @@ void check_mirror_matches_server(LiveMega& mega, LowerStore& store, const std::s
   EXPECT_EQ(files, 200u);
 }
 
-TEST_F(LowerStoreLive, MirrorsEveryListingWithTrueSizes) {
+TEST_P(LowerStoreLive, MirrorsEveryListingWithTrueSizes) {
   check_mirror_matches_server(mega, store, dir.path(), true);
   EXPECT_GT(store.stats().listings_fetched.load(), 10u);
   EXPECT_EQ(store.stats().blobs_fetched.load(), 0u) << "listing must not download content";
@@ -166,7 +177,7 @@ TEST(LowerStoreNoSize, PlaceholderSizesComeFromHead) {
   EXPECT_GE(mega.client->stats().requests.load() - before, 200u + store.stats().listings_fetched.load());
 }
 
-TEST_F(LowerStoreLive, UnknownDirectoryIsEnoent) {
+TEST_P(LowerStoreLive, UnknownDirectoryIsEnoent) {
   EXPECT_EQ(store.ensure_dir("no-such-dir").err(), ENOENT);
   ASSERT_TRUE(store.ensure_dir("").ok());
   EXPECT_EQ(store.ensure_dir("no-such-dir").err(), ENOENT);
@@ -184,7 +195,7 @@ TEST(LowerStoreRoot, MissingMirrorRootIsReported) {
 
 // ---------------------------------------------------------- materializing
 
-TEST_F(LowerStoreLive, MaterializesInPlaceKeepingTheInode) {
+TEST_P(LowerStoreLive, MaterializesInPlaceKeepingTheInode) {
   const std::string rel = first_path("source");
   ensure_parents(store, rel);
   auto before = lstat_of(mirror(rel));
@@ -206,7 +217,8 @@ TEST_F(LowerStoreLive, MaterializesInPlaceKeepingTheInode) {
 
 // ------------------------------------------------------------------- TTL
 
-TEST_F(LowerStoreLive, RefetchesOnlyAfterTtlOrExpire) {
+TEST_P(LowerStoreLive, RefetchesOnlyAfterTtlOrExpire) {
+  if (merkle()) GTEST_SKIP() << "per-dir refresh only (merkle: lower_merkle_test.cc)";
   auto fetched = [&] { return store.stats().listings_fetched.load(); };
   ASSERT_TRUE(store.ensure_dir("").ok());
   EXPECT_EQ(fetched(), 1u);
@@ -242,7 +254,7 @@ struct Handle {
   struct file_handle* fh() { return reinterpret_cast<struct file_handle*>(buf); }
 };
 
-TEST_F(LowerStoreLive, RefreshReplacesChangedFileSoOldHandlesGoStale) {
+TEST_P(LowerStoreLive, RefreshReplacesChangedFileSoOldHandlesGoStale) {
   Recorder rec;
   store.set_listener(rec.listener());
   const std::string rel = first_path("source");
@@ -312,7 +324,7 @@ TEST_F(LowerStoreLive, RefreshReplacesChangedFileSoOldHandlesGoStale) {
   for (const auto& n : names_in(mirror(parent))) EXPECT_FALSE(LowerStore::is_internal_name(n)) << n;
 }
 
-TEST_F(LowerStoreLive, DeletedEntriesVanishAndRenamedDirsMove) {
+TEST_P(LowerStoreLive, DeletedEntriesVanishAndRenamedDirsMove) {
   Recorder rec;
   store.set_listener(rec.listener());
   // A top-level directory holding a file directly.
@@ -352,7 +364,8 @@ TEST_F(LowerStoreLive, DeletedEntriesVanishAndRenamedDirsMove) {
   EXPECT_EQ(slurp(mirror(moved)), blob_of(moved));
 }
 
-TEST_F(LowerStoreLive, ChangedSubdirectoryIsRelistedAtOnce) {
+TEST_P(LowerStoreLive, ChangedSubdirectoryIsRelistedAtOnce) {
+  if (merkle()) GTEST_SKIP() << "per-dir refresh only (merkle: lower_merkle_test.cc)";
   const std::string rel = first_path("source");
   const std::string parent = parent_of(rel);
   ASSERT_FALSE(parent.empty());
@@ -418,12 +431,13 @@ TEST(LowerStoreFake, MalformedEntriesAreDroppedCountedAndWarnedOncePerDirectory)
 
   ::testing::internal::CaptureStderr();
   auto s = store.ensure_dir("");  // the root: a bad entry must not stop a mount
+  http->add_file("/", "new.rs", "a change, so that the root is listed again");
   clock.advance(kTtl);
   auto again = store.ensure_dir("");
   std::string err = ::testing::internal::GetCapturedStderr();
   ASSERT_TRUE(s.ok()) << s.error().describe();
   ASSERT_TRUE(again.ok()) << again.error().describe();
-  EXPECT_EQ(names_in(dir.path()), (std::set<std::string>{"good.rs", "sub"}));
+  EXPECT_EQ(names_in(dir.path()), (std::set<std::string>{"good.rs", "sub", "new.rs"}));
   EXPECT_EQ(store.stats().dropped_names.load(), 10u) << "five per listing, two listings";
   size_t warnings = 0;
   for (size_t at = err.find("event=lower_dropped_entries"); at != std::string::npos;
@@ -438,7 +452,7 @@ TEST(LowerStoreFake, MalformedEntriesAreDroppedCountedAndWarnedOncePerDirectory)
 
 // ------------------------------------------------------------- HTTP faults
 
-TEST_F(LowerStoreLive, ListingFailureOnNeverListedDirIsEio) {
+TEST_P(LowerStoreLive, ListingFailureOnNeverListedDirIsEio) {
   set_faults({{{"endpoint", "content-hash"}, {"kind", "status"}, {"status", 500}}});
   auto s = store.ensure_dir("");
   EXPECT_EQ(s.err(), EIO) << (s ? "" : s.error().describe());
@@ -448,7 +462,7 @@ TEST_F(LowerStoreLive, ListingFailureOnNeverListedDirIsEio) {
   EXPECT_TRUE(store.ensure_dir("").ok()) << "a failed first listing is retried on the next call";
 }
 
-TEST_F(LowerStoreLive, ListedDirKeepsServingTheOldMirrorOnFailure) {
+TEST_P(LowerStoreLive, ListedDirKeepsServingTheOldMirrorOnFailure) {
   const std::string rel = first_path("source");
   ensure_parents(store, rel);
   const std::string parent = parent_of(rel);
@@ -471,7 +485,7 @@ TEST_F(LowerStoreLive, ListedDirKeepsServingTheOldMirrorOnFailure) {
   EXPECT_FALSE(lstat_of(mirror(rel)));
 }
 
-TEST_F(LowerStoreLive, BlobFailureLeavesTheFilePending) {
+TEST_P(LowerStoreLive, BlobFailureLeavesTheFilePending) {
   const std::string rel = first_path("source");
   ensure_parents(store, rel);
   auto before = lstat_of(mirror(rel));
@@ -487,7 +501,7 @@ TEST_F(LowerStoreLive, BlobFailureLeavesTheFilePending) {
   EXPECT_EQ(slurp(mirror(rel)), blob_of(rel));
 }
 
-TEST_F(LowerStoreLive, TimeoutsStayEtimedout) {
+TEST_P(LowerStoreLive, TimeoutsStayEtimedout) {
   remote::MegaClient slow(test::fast_options(mega.server->base_url(), 0, 200ms));
   antares::testing::TempDir d2;
   LowerStore s2(slow, d2.path(), kTtl, clock);
@@ -503,7 +517,7 @@ TEST_F(LowerStoreLive, TimeoutsStayEtimedout) {
   EXPECT_EQ(s2.file_state(file), LowerStore::FileState::pending);
 }
 
-TEST_F(LowerStoreLive, ConnectionRefusedIsEio) {
+TEST_P(LowerStoreLive, ConnectionRefusedIsEio) {
   const std::string base = mega.server->base_url();
   mega.server->stop();
   remote::MegaClient dead(test::fast_options(base, 1));
@@ -571,7 +585,7 @@ TEST(LowerStoreFake, ReplacedDuringBlobFetchGetsTheNewContent) {
 
 // ------------------------------------------------------------- concurrency
 
-TEST_F(LowerStoreLive, ConcurrentCallersShareOneFetch) {
+TEST_P(LowerStoreLive, ConcurrentCallersShareOneFetch) {
   const std::string rel = first_path("source");
   const std::string parent = parent_of(rel);
   ASSERT_TRUE(store.ensure_dir("").ok());  // so the walk below starts from a known root
@@ -608,7 +622,7 @@ TEST_F(LowerStoreLive, ConcurrentCallersShareOneFetch) {
   EXPECT_EQ(store.stats().blobs_fetched.load(), files) << "one blob fetch per file";
 }
 
-TEST_F(LowerStoreLive, ConcurrentCallersDuringRefreshesStayConsistent) {
+TEST_P(LowerStoreLive, ConcurrentCallersDuringRefreshesStayConsistent) {
   std::atomic<bool> stop{false};
   std::atomic<int> unexpected{0};
   std::vector<std::thread> threads;
@@ -680,6 +694,11 @@ TEST_F(LowerStoreLive, ConcurrentCallersDuringRefreshesStayConsistent) {
     EXPECT_EQ(names_in(d.empty() ? dir.path() : mirror(d)), want) << d;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Modes, LowerStoreLive, ::testing::Values(RefreshMode::merkle, RefreshMode::per_dir),
+                         [](const ::testing::TestParamInfo<RefreshMode>& i) {
+                           return i.param == RefreshMode::merkle ? "merkle" : "per_dir";
+                         });
 
 }  // namespace
 }  // namespace antares::fs

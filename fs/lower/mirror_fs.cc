@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -213,6 +214,39 @@ KeepDirMtime::~KeepDirMtime() {
   const struct timespec ts[2] = {{0, UTIME_OMIT}, mtime_};
   // dirfd may be O_PATH: its /proc link reaches the directory itself.
   ::utimensat(AT_FDCWD, ("/proc/self/fd/" + std::to_string(dirfd_)).c_str(), ts, 0);
+}
+
+namespace {
+// There is no getxattrat(2) in glibc 2.36: the fd's /proc link reaches the
+// directory (O_PATH included), and the final component is not followed.
+std::string proc_path(int dirfd, const std::string& name) {
+  std::string p = "/proc/self/fd/" + std::to_string(dirfd);
+  if (!name.empty()) p += "/" + name;
+  return p;
+}
+}  // namespace
+
+Result<std::string> get_xattr(int dirfd, const std::string& name, const char* key) {
+  const std::string p = proc_path(dirfd, name);
+  char buf[256];
+  ssize_t n = name.empty() ? ::getxattr(p.c_str(), key, buf, sizeof buf) : ::lgetxattr(p.c_str(), key, buf, sizeof buf);
+  if (n < 0) return errno_error("getxattr", name.empty() ? "." : name);
+  return std::string(buf, size_t(n));
+}
+
+Status set_xattr(int dirfd, const std::string& name, const char* key, std::string_view value) {
+  const std::string p = proc_path(dirfd, name);
+  int r = name.empty() ? ::setxattr(p.c_str(), key, value.data(), value.size(), 0)
+                       : ::lsetxattr(p.c_str(), key, value.data(), value.size(), 0);
+  if (r != 0) return errno_error("setxattr", name.empty() ? "." : name);
+  return {};
+}
+
+Status remove_xattr(int dirfd, const std::string& name, const char* key) {
+  const std::string p = proc_path(dirfd, name);
+  int r = name.empty() ? ::removexattr(p.c_str(), key) : ::lremovexattr(p.c_str(), key);
+  if (r != 0 && errno != ENODATA) return errno_error("removexattr", name.empty() ? "." : name);
+  return {};
 }
 
 Status rename_into_place(int dirfd, const std::string& from, const std::string& to, std::string_view path) {

@@ -92,6 +92,13 @@ class KeepDirMtime {
   struct timespec mtime_ {};
 };
 
+// Extended attributes of `name` in dirfd, or of dirfd itself if `name` is
+// empty (dirfd may be O_PATH), never following a symlink at `name`.
+// get_xattr: ENODATA if absent, ENOTSUP if the filesystem has none.
+Result<std::string> get_xattr(int dirfd, const std::string& name, const char* key);
+Status set_xattr(int dirfd, const std::string& name, const char* key, std::string_view value);
+Status remove_xattr(int dirfd, const std::string& name, const char* key);
+
 // renameat(dirfd, from, dirfd, to); on failure the temp `from` is unlinked.
 Status rename_into_place(int dirfd, const std::string& from, const std::string& to, std::string_view path);
 
