@@ -17,6 +17,7 @@
 #include "common/version.h"
 #include "fs/control/control_server.h"
 #include "fs/control/endpoint.h"
+#include "fs/lower/blob_cache.h"
 #include "fs/lower/cl_builder.h"
 #include "fs/lower/lower_store.h"
 #include "fs/lower/mirror_fs.h"
@@ -48,23 +49,21 @@ constexpr auto kReadyTimeout = std::chrono::seconds(30);
 
 StartupError startup_error(int code, std::string msg) { return StartupError{code, std::move(msg)}; }
 
-// Creates --cache/lower if needed, claims it and empties it (keeping the marker).
-std::optional<StartupError> take_mirror(const std::string& mirror) {
+// Creates --cache/NAME if needed and claims it. What is in it is then the
+// owner's to keep or wipe: the lower store keeps a mirror it can trust (and
+// wipes any other), the blob cache keeps every intact blob.
+std::optional<StartupError> take_cache_dir(const std::string& dir, const char* what) {
   struct stat st;
-  if (::lstat(mirror.c_str(), &st) != 0) {
-    if (errno != ENOENT) return startup_error(kExitLayerDir, mirror + ": " + std::strerror(errno));
-    if (::mkdir(mirror.c_str(), 0755) != 0 && errno != EEXIST)
-      return startup_error(kExitLayerDir, "--cache: cannot create " + mirror + ": " + std::strerror(errno));
+  if (::lstat(dir.c_str(), &st) != 0) {
+    if (errno != ENOENT) return startup_error(kExitLayerDir, dir + ": " + std::strerror(errno));
+    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+      return startup_error(kExitLayerDir, "--cache: cannot create " + dir + ": " + std::strerror(errno));
   } else if (!S_ISDIR(st.st_mode)) {
-    return startup_error(kExitLayerDir, "--cache: " + mirror + " exists and is not a directory (antares-fs owns DIR/lower)");
+    return startup_error(kExitLayerDir,
+                         "--cache: " + dir + " exists and is not a directory (antares-fs owns DIR/lower and DIR/blobs)");
   }
-  if (auto s = mirror::claim_dir(mirror, "--cache: the lower mirror"); !s)
+  if (auto s = mirror::claim_dir(dir, std::string("--cache: ") + what); !s)
     return startup_error(kExitLayerDir, s.error().message);
-  UniqueFd fd(::open(mirror.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!fd.valid()) return startup_error(kExitLayerDir, mirror + ": " + std::strerror(errno));
-  // The mirror starts empty so nothing from an earlier mount is served.
-  if (auto s = mirror::clear_owned_dir(fd.get()); !s)
-    return startup_error(kExitLayerDir, "--cache: cannot empty " + mirror + ": " + s.error().describe());
   return std::nullopt;
 }
 
@@ -78,25 +77,46 @@ Daemon::~Daemon() {
     stopping_ = true;
   }
   poll_cv_.notify_all();
+  // The store's prefetch workers call the listener, which reaches fs_ and the
+  // invalidator: they stop before any member dies.
+  if (lower_) lower_->stop_prefetch();
 }
 
 std::optional<StartupError> Daemon::prepare() {
   const HandleStrategy* initial = strategies_.find(opts_.strategy);
   if (!initial) return startup_error(kExitUsage, "--strategy: unknown strategy '" + opts_.strategy + "' (none, A, B, C, auto)");
+  const auto refresh = parse_refresh_mode(opts_.refresh);
+  if (!refresh) return startup_error(kExitUsage, "--refresh: unknown mode '" + opts_.refresh + "' (merkle, per-dir)");
   const std::string mirror = opts_.cache + "/lower";
-  if (auto e = take_mirror(mirror)) return e;
+  if (auto e = take_cache_dir(mirror, "the lower mirror")) return e;
+  if (opts_.cache_size > 0) {
+    const std::string blobs = opts_.cache + "/blobs";
+    if (auto e = take_cache_dir(blobs, "the blob cache")) return e;
+    auto c = BlobCache::open(blobs, opts_.cache_size);
+    if (!c) return startup_error(kExitLayerDir, "--cache: blob cache: " + c.error().describe());
+    blobs_ = std::move(*c);
+  }
   if (!opts_.cl_dir.empty())
     if (auto s = mirror::claim_dir(opts_.cl_dir, "--cl-dir"); !s) return startup_error(kExitLayerDir, s.error().message);
 
   remote::MegaClientOptions mo;
   mo.base_url = opts_.mega;
   mega_ = std::make_unique<remote::MegaClient>(mo);
-  if (auto st = mega_->probe(opts_.startup_timeout); !st)
-    return startup_error(kExitUnreachable, "Mega at " + opts_.mega + " did not answer: " + st.error().describe() +
+  // dir-hash of /: whether Mega answers, and (merkle) whether a kept mirror is current.
+  auto root_oid = mega_->probe_root(opts_.startup_timeout);
+  if (!root_oid)
+    return startup_error(kExitUnreachable, "Mega at " + opts_.mega + " did not answer: " + root_oid.error().describe() +
                                                " (--startup-timeout " + std::to_string(opts_.startup_timeout.count()) +
                                                "ms)");
-  lower_ = std::make_unique<LowerStore>(*mega_, mirror, std::chrono::duration_cast<Clock::Duration>(opts_.ttl));
+  LowerStoreOptions lo;
+  lo.ttl = std::chrono::duration_cast<Clock::Duration>(opts_.ttl);
+  lo.refresh = *refresh;
+  lo.persist = true;  // claimed above: ours to keep or wipe
+  lo.blob_cache = blobs_.get();
+  lo.prefetch_threads = unsigned(opts_.prefetch);
+  lower_ = std::make_unique<LowerStore>(*mega_, mirror, lo);
   if (auto st = lower_->status(); !st.ok()) return startup_error(kExitLayerDir, "lower mirror: " + st.error().describe());
+  lower_->set_root_oid(*root_oid);
   if (auto st = lower_->ensure_dir(""); !st.ok())
     return startup_error(kExitUnreachable, "cannot list / from Mega at " + opts_.mega + ": " + st.error().describe());
   if (!opts_.cl.empty()) {
@@ -215,9 +235,38 @@ nlohmann::json Daemon::status_json() {
   const auto& ls = lower_->stats();
   const auto& ms = mega_->stats();
   auto& ss = strategies_.stats();
+  nlohmann::json cache = nullptr;
+  if (blobs_) {
+    const auto& bs = blobs_->stats();
+    cache = {{"max_bytes", blobs_->max_bytes()},   {"bytes", bs.bytes.load()},
+             {"hits", bs.hits.load()},             {"misses", bs.misses.load()},
+             {"inserts", bs.inserts.load()},       {"evictions", bs.evictions.load()},
+             {"evicted_bytes", bs.evicted_bytes.load()}, {"damaged", bs.damaged.load()},
+             {"scanned", blobs_->scanned()}};
+  }
   return {{"strategy", std::string(slot_->get().name())},
           {"version", std::string(project_version()) + " (git " + git_describe() + ")"},
           {"ttl_ms", opts_.ttl.count()},
+          {"refresh", opts_.refresh},
+          {"prefetch_threads", opts_.prefetch},
+          {"blob_cache", cache},
+          {"lower",
+           {{"listings_first", ls.listings_first.load()},
+            {"listings_ttl", ls.listings_ttl.load()},
+            {"listings_changed", ls.listings_changed.load()},
+            {"listings_prefetch", ls.listings_prefetch.load()},
+            {"dir_hash_checks", ls.dir_hash_checks.load()},
+            {"dir_hash_unchanged", ls.dir_hash_unchanged.load()},
+            {"dirs_loaded", ls.dirs_loaded.load()},
+            {"dirs_damaged", ls.dirs_damaged.load()},
+            {"blobs_from_cache", ls.blobs_from_cache.load()},
+            {"fetch_errors", ls.fetch_errors.load()},
+            {"prefetch_queued", ls.prefetch_queued.load()},
+            {"prefetch_done", ls.prefetch_done.load()},
+            {"prefetch_dropped", ls.prefetch_dropped.load()},
+            {"prefetch_errors", ls.prefetch_errors.load()},
+            {"mirror_restored", ls.mirror_restored.load()},
+            {"mirror_wiped", ls.mirror_wiped.load()}}},
           {"mountpoint", opts_.mountpoint},
           {"entry_timeout", timeouts_.entry.load()},
           {"attr_timeout", timeouts_.attr.load()},
@@ -258,11 +307,60 @@ void Daemon::register_metrics() {
   m.counter_fn("antares_invalidations_total", "kernel invalidations by outcome",
                [this] { return invalidator_.failed(); }, {{"result", "failed"}});
   const auto& ls = lower_->stats();
-  m.counter_fn("antares_lower_listings_total", "lower listings fetched", [&ls] { return ls.listings_fetched.load(); });
+  const char* listings_help = "lower listings fetched, by why: first use, own TTL (per-dir), oid changed (merkle), prefetch";
+  m.counter_fn("antares_lower_listings_total", listings_help, [&ls] { return ls.listings_first.load(); },
+               {{"reason", "first"}});
+  m.counter_fn("antares_lower_listings_total", listings_help, [&ls] { return ls.listings_ttl.load(); },
+               {{"reason", "ttl"}});
+  m.counter_fn("antares_lower_listings_total", listings_help, [&ls] { return ls.listings_changed.load(); },
+               {{"reason", "changed"}});
+  m.counter_fn("antares_lower_listings_total", listings_help, [&ls] { return ls.listings_prefetch.load(); },
+               {{"reason", "prefetch"}});
   m.counter_fn("antares_lower_refreshes_total", "lower refreshes that found a change", [&ls] { return ls.refreshes.load(); });
   m.counter_fn("antares_lower_entries_changed_total", "lower entries added, replaced or removed",
                [&ls] { return ls.entries_changed.load(); });
-  m.counter_fn("antares_lower_blobs_total", "blobs fetched", [&ls] { return ls.blobs_fetched.load(); });
+  m.counter_fn("antares_lower_dir_hash_checks_total", "dir-hash checks of / (merkle refresh), by outcome",
+               [&ls] { return ls.dir_hash_unchanged.load(); }, {{"result", "unchanged"}});
+  m.counter_fn("antares_lower_dir_hash_checks_total", "dir-hash checks of / (merkle refresh), by outcome",
+               [&ls] { return ls.dir_hash_checks.load() - std::min(ls.dir_hash_checks.load(), ls.dir_hash_unchanged.load()); },
+               {{"result", "changed_or_failed"}});
+  m.counter_fn("antares_lower_dirs_loaded_total", "lower directories read back from the kept mirror",
+               [&ls] { return ls.dirs_loaded.load(); });
+  m.counter_fn("antares_lower_dirs_damaged_total", "kept lower directories whose state was unusable (listed again)",
+               [&ls] { return ls.dirs_damaged.load(); });
+  m.counter_fn("antares_lower_blobs_total", "files filled in, by where the bytes came from",
+               [&ls] { return ls.blobs_fetched.load(); }, {{"source", "mega"}});
+  m.counter_fn("antares_lower_blobs_total", "files filled in, by where the bytes came from",
+               [&ls] { return ls.blobs_from_cache.load(); }, {{"source", "cache"}});
+  m.counter_fn("antares_lower_fetch_errors_total", "failed listings, dir-hashes, HEADs and blob downloads",
+               [&ls] { return ls.fetch_errors.load(); });
+  using Field = std::atomic<uint64_t> LowerStoreStats::*;
+  for (const auto& [result, f] : {std::pair<const char*, Field>{"done", &LowerStoreStats::prefetch_done},
+                                  std::pair<const char*, Field>{"dropped", &LowerStoreStats::prefetch_dropped},
+                                  std::pair<const char*, Field>{"failed", &LowerStoreStats::prefetch_errors}}) {
+    const Field field = f;
+    m.counter_fn("antares_lower_prefetch_total", "prefetch tasks by outcome (dropped: the queue was full)",
+                 [&ls, field] { return (ls.*field).load(); }, {{"result", result}});
+  }
+  m.gauge("antares_lower_mirror_restored", "1 if the mirror kept from the last mount was trusted",
+          [&ls] { return double(ls.mirror_restored.load()); });
+  if (blobs_) {
+    const auto& bs = blobs_->stats();
+    m.counter_fn("antares_blob_cache_lookups_total", "blob cache lookups by result", [&bs] { return bs.hits.load(); },
+                 {{"result", "hit"}});
+    m.counter_fn("antares_blob_cache_lookups_total", "blob cache lookups by result", [&bs] { return bs.misses.load(); },
+                 {{"result", "miss"}});
+    m.counter_fn("antares_blob_cache_inserts_total", "blobs added to the cache", [&bs] { return bs.inserts.load(); });
+    m.counter_fn("antares_blob_cache_evictions_total", "blobs evicted by the size bound",
+                 [&bs] { return bs.evictions.load(); });
+    m.counter_fn("antares_blob_cache_evicted_bytes_total", "bytes evicted by the size bound",
+                 [&bs] { return bs.evicted_bytes.load(); });
+    m.counter_fn("antares_blob_cache_damaged_total", "cached blobs that failed their oid check (removed)",
+                 [&bs] { return bs.damaged.load(); });
+    m.gauge("antares_blob_cache_bytes", "bytes in the blob cache", [&bs] { return double(bs.bytes.load()); });
+    m.gauge("antares_blob_cache_max_bytes", "the blob cache's bound (--cache-size)",
+            [this] { return double(blobs_->max_bytes()); });
+  }
   m.counter_fn("antares_cl_resyncs_total", "CL re-syncs that changed the CL layer", [this] { return cl_resyncs_.load(); });
   m.counter_fn("antares_cl_resync_errors_total", "CL re-syncs that failed", [this] { return cl_errors_.load(); });
   m.counter_fn("antares_layer_changes_total", "layer changes seen (lower refresh, CL re-sync, upper events)",

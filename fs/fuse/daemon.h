@@ -32,6 +32,7 @@ class MegaClient;
 namespace antares::fs {
 
 class LowerStore;
+class BlobCache;
 class ClBuilder;
 class LowerHooks;
 class ClHooks;
@@ -44,10 +45,12 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  // Takes ownership of --cache/lower and --cl-dir (refusing directories with
-  // data antares-fs did not create: kExitLayerDir), checks that Mega answers
-  // within --startup-timeout (kExitUnreachable), lists "/", builds the CL
-  // layer and the union. Starts no thread.
+  // Takes ownership of --cache/lower, --cache/blobs and --cl-dir (refusing
+  // directories with data antares-fs did not create: kExitLayerDir), checks
+  // that Mega answers within --startup-timeout (kExitUnreachable), lists "/"
+  // (or revalidates the kept mirror by the root's oid), builds the CL layer
+  // and the union. Starts the lower store's prefetch and the blob cache's
+  // scanner, nothing else.
   std::optional<StartupError> prepare();
 
   // Called once from serve(): nullopt when the mount answers and the control
@@ -77,6 +80,7 @@ class Daemon {
 
   DaemonOptions opts_;
   std::unique_ptr<remote::MegaClient> mega_;
+  std::unique_ptr<BlobCache> blobs_;  // before lower_: outlives it
   std::unique_ptr<LowerStore> lower_;
   std::unique_ptr<ClBuilder> cl_;
   std::unique_ptr<LowerHooks> lower_hooks_;

@@ -13,6 +13,7 @@
 
 #include "common/duration.h"
 #include "common/mountinfo.h"
+#include "fs/lower/blob_cache.h"
 
 namespace antares::fs {
 namespace {
@@ -32,11 +33,23 @@ Options:
   --mega URL              Mega server base URL, e.g. http://127.0.0.1:8000
   --mountpoint DIR        an existing, empty directory that is not a mount point
   --upper DIR             the writable upper layer
-  --cache DIR             where fetched files are mirrored; antares-fs owns DIR/lower
-                          (marked by a .antares-tmp-owner file) and wipes it at mount
+  --cache DIR             where fetched files are kept; antares-fs owns DIR/lower (the
+                          mirror, kept across restarts and revalidated by oid; wiped
+                          after a crash) and DIR/blobs (the blob cache), each marked
+                          by a .antares-tmp-owner file
   --cl ID --cl-dir DIR    also mount changelist ID, built into DIR, which must be
                           empty or earlier built by antares-fs (it is wiped)
   --ttl D                 directory listing TTL (default 5s; accepts 300ms)
+  --refresh M             how listings are refreshed after the TTL: merkle (default;
+                          one dir-hash of / per TTL, then only directories whose
+                          oid changed are listed again) or per-dir (each directory
+                          listed again once its own listing is older than the TTL)
+  --cache-size N          bound of the blob cache DIR/blobs, least recently used
+                          blobs evicted beyond it (default 10G; K, M, G, T; 0 = no
+                          blob cache)
+  --prefetch N            threads listing the subdirectories and fetching the
+                          BUCK/PACKAGE files of a directory when it is first read
+                          (default 8; 0 = off)
   --strategy S            stale-handle strategy: none, A, B, C, auto (default auto)
   --entry-timeout S       kernel entry cache timeout in seconds (default 1)
   --attr-timeout S        kernel attribute cache timeout in seconds (default 1)
@@ -133,6 +146,26 @@ const std::vector<OptionDef>& option_defs() {
                    if (!t || t->count() < 100 || t->count() > 3'600'000)
                      return "--startup-timeout: expected a duration from 100ms to 1h, got '" + v + "'";
                    o.startup_timeout = *t;
+                   return std::nullopt;
+                 }});
+    d.push_back({"refresh", true, [](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {
+                   if (v != "merkle" && v != "per-dir" && v != "per_dir")
+                     return "--refresh: unknown mode '" + v + "' (merkle, per-dir)";
+                   o.refresh = v == "merkle" ? "merkle" : "per-dir";
+                   return std::nullopt;
+                 }});
+    d.push_back({"cache-size", true, [](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {
+                   auto n = parse_size(v);
+                   if (!n) return "--cache-size: not a size: '" + v + "' (try 10G, 512M or 0 for none)";
+                   if (*n != 0 && *n < (1u << 20)) return "--cache-size: at least 1M (or 0 for none), got '" + v + "'";
+                   o.cache_size = *n;
+                   return std::nullopt;
+                 }});
+    d.push_back({"prefetch", true, [](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {
+                   char* end = nullptr;
+                   long n = std::strtol(v.c_str(), &end, 10);
+                   if (v.empty() || *end || n < 0 || n > 64) return "--prefetch: expected 0..64 threads, got '" + v + "'";
+                   o.prefetch = int(n);
                    return std::nullopt;
                  }});
     d.push_back({"strategy", true, [](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {

@@ -38,6 +38,9 @@ struct DaemonOptions {
   std::string log_file;                  // "" = stderr in the foreground, syslog when daemonized
   std::optional<log::Level> log_level;   // unset = info
   std::chrono::milliseconds startup_timeout{10000};
+  std::string refresh = "merkle";     // lower refresh: merkle or per-dir
+  uint64_t cache_size = 10ull << 30;  // bound of the blob cache under --cache; 0 = none
+  int prefetch = 8;                   // prefetch threads of the lower store; 0 = off
   // Mount options for libfuse and the kernel, defaults applied: "allow_other",
   // "fsname=URL", ... (see fuse_mount_options()).
   std::vector<std::string> fuse_options;

@@ -97,6 +97,37 @@ TEST(DaemonOptions, AllowOtherDefaultsByWhoMounts) {
   EXPECT_FALSE(has(on.options.fuse_options, "subtype=antares-fs"));
 }
 
+TEST(DaemonOptions, LowerStoreKnobsInBothSpellings) {
+  auto d = parse({"u", "/m", "-o", "upper=/u,cache=/c"});
+  ASSERT_EQ(d.kind, ParsedArgs::Kind::run) << d.error;
+  EXPECT_EQ(d.options.refresh, "merkle");
+  EXPECT_EQ(d.options.cache_size, 10ull << 30);
+  EXPECT_EQ(d.options.prefetch, 8);
+  auto l = parse({"u", "/m", "-o", "upper=/u,cache=/c", "--refresh", "per-dir", "--cache-size", "512M", "--prefetch", "0"});
+  ASSERT_EQ(l.kind, ParsedArgs::Kind::run) << l.error;
+  EXPECT_EQ(l.options.refresh, "per-dir");
+  EXPECT_EQ(l.options.cache_size, 512ull << 20);
+  EXPECT_EQ(l.options.prefetch, 0);
+  auto o = parse({"u", "/m", "-o", "upper=/u,cache=/c,refresh=merkle,cache_size=0,prefetch=32"});
+  ASSERT_EQ(o.kind, ParsedArgs::Kind::run) << o.error;
+  EXPECT_EQ(o.options.refresh, "merkle");
+  EXPECT_EQ(o.options.cache_size, 0u) << "0: no blob cache";
+  EXPECT_EQ(o.options.prefetch, 32);
+  for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
+           {"refresh=ttl", "--refresh: unknown mode 'ttl' (merkle, per-dir)"},
+           {"cache_size=10X", "--cache-size: not a size"},
+           {"cache_size=-1", "--cache-size: not a size"},
+           {"cache_size=100", "--cache-size: at least 1M"},
+           {"prefetch=1000", "--prefetch: expected 0..64"},
+           {"prefetch=x", "--prefetch: expected 0..64"}}) {
+    auto p = parse({"u", "/m", "-o", "upper=/u,cache=/c," + args});
+    ASSERT_EQ(p.kind, ParsedArgs::Kind::error) << args;
+    EXPECT_NE(p.error.find(want), std::string::npos) << args << " -> " << p.error;
+  }
+  std::string usage = daemon_usage();
+  for (const char* s : {"--refresh", "--cache-size", "--prefetch"}) EXPECT_NE(usage.find(s), std::string::npos) << s;
+}
+
 TEST(DaemonOptions, CommasInValuesAreEscapedForLibfuse) {
   auto p = parse({"http://m:1/a,b", "/mnt/x", "-o", "upper=/u\\,1,cache=/c"});
   ASSERT_EQ(p.kind, ParsedArgs::Kind::run) << p.error;

@@ -128,7 +128,9 @@ TEST_F(DaemonTest, RefusesANonEmptyUnmarkedClDir) {
   EXPECT_EQ(testing::read_file(tmp_ / "cl/precious"), "mine");
 }
 
-TEST_F(DaemonTest, DirectoriesItCreatedAreMarkedAndWipedNextTime) {
+// The CL directory is rebuilt at every mount; the lower mirror is kept, but
+// anything in it without the store's state (here a stray file) is removed.
+TEST_F(DaemonTest, DirectoriesItCreatedAreMarkedAndLeftoversRemovedNextTime) {
   {
     Daemon d(options(true));
     auto e = d.prepare();
@@ -146,6 +148,69 @@ TEST_F(DaemonTest, DirectoriesItCreatedAreMarkedAndWipedNextTime) {
   EXPECT_FALSE(stdfs::exists(tmp_ / "cl/leftover"));
   EXPECT_TRUE(stdfs::exists(tmp_ / ("cache/lower/" + marker)));
   EXPECT_TRUE(stdfs::exists(tmp_ / ("cl/" + marker)));
+}
+
+// A restart over a populated --cache: one dir-hash, no listing, no blob, the
+// mirror's files kept (same inodes).
+TEST_F(DaemonTest, RestartKeepsTheMirrorAndRevalidatesItWithOneRequest) {
+  DaemonOptions o = options();
+  o.prefetch = 0;                       // counted requests are the restart's own
+  o.ttl = std::chrono::seconds(600);    // and no TTL runs out on a slow machine
+  std::string probe_file;
+  ino_t ino = 0;
+  {
+    Daemon d(o);
+    auto e = d.prepare();
+    ASSERT_FALSE(e) << e->message;
+    EXPECT_EQ(d.status_json()["lower"]["mirror_restored"], 0u);
+    for (const auto& de : stdfs::directory_iterator(tmp_ / "cache/lower"))
+      if (de.is_regular_file() && de.path().filename().string().rfind(".antares-tmp", 0) != 0) probe_file = de.path();
+    ASSERT_FALSE(probe_file.empty());
+    struct stat st;
+    ASSERT_EQ(::stat(probe_file.c_str(), &st), 0);
+    ino = st.st_ino;
+  }
+  EXPECT_TRUE(stdfs::exists(tmp_ / "cache/blobs"));
+  Daemon d(o);
+  auto e = d.prepare();
+  ASSERT_FALSE(e) << e->message;
+  auto s = d.status_json();
+  EXPECT_EQ(s["lower"]["mirror_restored"], 1u);
+  EXPECT_EQ(s["counters"]["http_requests"], 1u) << s.dump();
+  EXPECT_EQ(s["counters"]["listings_fetched"], 0u);
+  EXPECT_EQ(s["refresh"], "merkle");
+  struct stat st;
+  ASSERT_EQ(::stat(probe_file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_ino, ino);
+  std::string m = d.metrics_text();
+  for (const char* want : {"antares_lower_listings_total{reason=\"first\"}", "antares_lower_dir_hash_checks_total",
+                           "antares_blob_cache_lookups_total{result=\"hit\"}", "antares_blob_cache_bytes",
+                           "antares_lower_prefetch_total{result=\"dropped\"}", "antares_lower_mirror_restored 1"})
+    EXPECT_NE(m.find(want), std::string::npos) << want << "\n" << m;
+}
+
+TEST_F(DaemonTest, PerDirRefreshAndNoBlobCacheAreOptions) {
+  DaemonOptions o = options();
+  o.refresh = "per-dir";
+  o.cache_size = 0;
+  o.prefetch = 0;
+  Daemon d(o);
+  auto e = d.prepare();
+  ASSERT_FALSE(e) << e->message;
+  EXPECT_EQ(d.status_json()["refresh"], "per-dir");
+  EXPECT_TRUE(d.status_json()["blob_cache"].is_null());
+  EXPECT_FALSE(stdfs::exists(tmp_ / "cache/blobs"));
+}
+
+TEST_F(DaemonTest, RefusesAnUnmarkedBlobCacheWithData) {
+  stdfs::create_directories(tmp_ / "cache/blobs");
+  std::ofstream(tmp_ / "cache/blobs/precious") << "mine";
+  Daemon d(options());
+  auto e = d.prepare();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, kExitLayerDir);
+  EXPECT_NE(e->message.find("blob cache"), std::string::npos) << e->message;
+  EXPECT_EQ(testing::read_file(tmp_ / "cache/blobs/precious"), "mine");
 }
 
 // A server that accepts connections (the kernel does, from the backlog) and
