@@ -1776,13 +1776,17 @@ std::vector<KernelInvalidation> UnionFs::on_layer_change(size_t layer, const std
   return out;
 }
 
-void UnionFs::drop_caches() {
+std::vector<KernelInvalidation> UnionFs::drop_caches() {
+  std::vector<KernelInvalidation> out;
   Exclusive lk(tree_mu_);
   std::vector<NodePtr> stack{root_};
   std::set<Node*> seen;
   for (auto& shard : table_) {
     std::lock_guard sl(shard.mu);
-    for (auto& [id, n] : shard.nodes) stack.push_back(n);
+    for (auto& [id, n] : shard.nodes) {
+      stack.push_back(n);
+      out.push_back({KernelInvalidation::Kind::inode, n->id, {}});
+    }
   }
   while (!stack.empty()) {
     NodePtr n = stack.back();
@@ -1804,6 +1808,7 @@ void UnionFs::drop_caches() {
       invalidate_children(n);
     }
   }
+  return out;
 }
 
 }  // namespace antares::fs

@@ -183,8 +183,10 @@ class UnionFs {
   // names and nodes the kernel may hold, only for what really changed.
   std::vector<KernelInvalidation> on_layer_change(size_t layer, const std::vector<LayerChange>& changes);
   // Switching strategy: forget every cached handle and loaded directory so a
-  // fix heals nodes that already went stale under none.
-  void drop_caches();
+  // fix heals nodes that already went stale under none. Returns what the
+  // kernel must drop: every inode it holds (cached listings, pages and
+  // attributes may date from a strategy that no longer invalidates them).
+  std::vector<KernelInvalidation> drop_caches();
 
   // Called (no union lock held but a dir_mu_ stripe may be; must be quick and
   // take only leaf locks) each time an upper-layer directory is read, so a
