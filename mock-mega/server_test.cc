@@ -435,9 +435,13 @@ TEST_F(MockMegaTest, ResetTruncateAndMalformedAreTransportOrProtocolErrors) {
   ASSERT_FALSE(r4.ok());
   EXPECT_EQ(r4.err(), EBADMSG) << r4.error().describe();
   ASSERT_TRUE(admin->set_faults(json::array({{{"endpoint", "blob"}, {"kind", "malformed"}}})).ok());
+  auto raw = admin->raw("GET", "/api/v1/file/blob/" + oid.hex());
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(raw->status, 200) << "a corrupted blob still arrives whole";
+  EXPECT_NE(git_blob_oid(raw->body), oid) << "only its oid shows the corruption";
   auto r5 = once.blob(oid);
-  ASSERT_TRUE(r5.ok()) << "a corrupted blob still arrives whole";
-  EXPECT_NE(git_blob_oid(*r5), oid) << "only its oid shows the corruption";
+  ASSERT_FALSE(r5.ok()) << "the client checks every blob against its oid";
+  EXPECT_EQ(r5.err(), EIO) << r5.error().describe();
 
   ASSERT_TRUE(admin->set_faults(json::array()).ok());
   EXPECT_TRUE(once.content_hash("/").ok());
