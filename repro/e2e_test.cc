@@ -9,9 +9,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -50,6 +50,18 @@ int repro(std::vector<std::string> args, const TempDir& dir, json* report, std::
 // Whether a mount of a run under `dir` is left behind.
 bool mounts_left(const TempDir& dir) {
   return read_file("/proc/self/mountinfo").find(dir.path() + "/") != std::string::npos;
+}
+
+// Whether a run under `dir` has written buck-out through its mount: the
+// walker's outputs land in the run's private upper dir
+// (TMPDIR/estale-repro-XXXXXX/upper), which is read here without entering the mount.
+bool walk_wrote_buck_out(const TempDir& dir) {
+  std::error_code ec;
+  for (const auto& run : std::filesystem::directory_iterator(dir.path(), ec))
+    if (run.path().filename().string().rfind("estale-repro-", 0) == 0 &&
+        std::filesystem::is_directory(run.path() / "upper" / "buck-out" / "v2" / "gen", ec))
+      return true;
+  return false;
 }
 
 class PerStrategy : public ::testing::TestWithParam<std::string> {};
@@ -149,9 +161,10 @@ TEST(ReproE2E, InterruptStopsAndUnmounts) {
   Subprocess p({"/usr/bin/env", "TMPDIR=" + dir.path(), bin_dir() + "/estale-repro", "--bin-dir", bin_dir(), "--files", "300", "soak", "--duration", "60s",
                 "--strategy", "none"},
                dir / "soak");
-  // Wait until the mount is up and walked.
-  ASSERT_TRUE(wait_until([&] { return mounts_left(dir); }, std::chrono::seconds(30)));
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // Wait until the mount is up and a walk has written its first buck-out
+  // file through it (into the run's upper dir), so the interrupt lands mid-soak.
+  ASSERT_TRUE(wait_until([&] { return mounts_left(dir) && walk_wrote_buck_out(dir); }, std::chrono::seconds(60)))
+      << p.stderr_text();
   kill(p.pid(), SIGINT);
   EXPECT_EQ(p.wait(std::chrono::seconds(30)), 130) << p.stderr_text();
   EXPECT_FALSE(mounts_left(dir));
