@@ -8,6 +8,7 @@ pkgs=(
   libcurl4-openssl-dev libssl-dev
   libcpp-httplib-dev nlohmann-json3-dev
   curl chromium libgtest-dev libgmock-dev libbenchmark-dev
+  python3 python3-yaml
 )
 missing=()
 for p in "${pkgs[@]}"; do
