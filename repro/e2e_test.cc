@@ -375,6 +375,13 @@ TEST(ReproE2E, HtmlReportRendersInHeadlessChromium) {
   for (size_t p = 0; (p = dom.find("<svg", p)) != std::string::npos; ++p) ++svgs;
   EXPECT_EQ(svgs, 6u) << "5 timelines + 1 latency chart";
   EXPECT_NE(dom.find("chart latency"), std::string::npos);
+  // The first thing on the page is the verdict: the recommended strategy with
+  // its measured cost (the matrix measured it) and correctness.
+  size_t rec = dom.find("Recommended: ");
+  ASSERT_NE(rec, std::string::npos);
+  EXPECT_LT(rec, dom.find("Per strategy and scenario"));
+  EXPECT_NE(dom.find("entries/s", rec), std::string::npos);
+  EXPECT_NE(dom.find("0 ESTALE", rec), std::string::npos);
   // No script errors or console messages.
   EXPECT_EQ(err.find("Uncaught"), std::string::npos) << err;
   EXPECT_EQ(err.find("CONSOLE"), std::string::npos) << err;

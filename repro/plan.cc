@@ -57,20 +57,24 @@ std::string clock_str(double seconds) {
   return b;
 }
 
-Eta::Eta(std::vector<Unit> units) : units_(std::move(units)), start_(std::chrono::steady_clock::now()) {}
+Eta::Eta(std::vector<Unit> units)
+    : units_(std::move(units)), start_(std::chrono::steady_clock::now()), unit_start_(start_) {}
 
 void Eta::begin(size_t i) {
+  std::lock_guard lock(mu_);
   current_ = i;
   unit_start_ = std::chrono::steady_clock::now();
 }
 
 void Eta::end() {
+  std::lock_guard lock(mu_);
   if (current_ >= units_.size()) return;
   done_estimate_ += units_[current_].estimate_s;
   done_actual_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - unit_start_).count();
 }
 
 std::string Eta::text() const {
+  std::lock_guard lock(mu_);
   auto now = std::chrono::steady_clock::now();
   double elapsed = std::chrono::duration<double>(now - start_).count();
   double in_unit = std::chrono::duration<double>(now - unit_start_).count();

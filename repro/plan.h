@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -42,7 +43,8 @@ std::vector<Unit> select_shard(const std::vector<Unit>& plan, Shard s);
 std::string clock_str(double seconds);
 
 // Elapsed time and ETA over the units of a plan: the estimates, scaled by how
-// long the finished units really took.
+// long the finished units really took. Thread-safe: progress tickers read it
+// while the main thread advances it.
 class Eta {
  public:
   explicit Eta(std::vector<Unit> units);
@@ -53,10 +55,12 @@ class Eta {
   std::string text() const;
 
  private:
-  std::vector<Unit> units_;
-  std::chrono::steady_clock::time_point start_, unit_start_;
-  size_t current_ = 0;
-  double done_estimate_ = 0, done_actual_ = 0;
+  const std::vector<Unit> units_;
+  const std::chrono::steady_clock::time_point start_;
+  mutable std::mutex mu_;
+  std::chrono::steady_clock::time_point unit_start_;  // guarded by mu_
+  size_t current_ = 0;                                // guarded by mu_
+  double done_estimate_ = 0, done_actual_ = 0;        // guarded by mu_
 };
 
 }  // namespace antares::repro

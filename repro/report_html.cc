@@ -230,7 +230,9 @@ std::string verdict_section(const Report& report, const Summary& s) {
       return std::string("<td") + (fail && n ? " class=\"bad\"" : "") + ">" + std::to_string(n) + "</td>";
     };
     h += count(v.estale, v.is_fix) + count(v.stale_beyond, true) + count(v.wrong, true) + count(v.other_errors, v.is_fix);
-    h += std::string("<td class=\"l ") + (!v.is_fix ? "" : bad ? "bad" : "good") + "\">" + html_escape(v.correctness) +
+    // The counts are in their own columns: here only the judgement.
+    std::string judged = v.correct ? "clean in all " + std::to_string(v.completed) + " runs" : v.correctness;
+    h += std::string("<td class=\"l ") + (!v.is_fix ? "" : bad ? "bad" : "good") + "\">" + html_escape(judged) +
          "</td>";
     if (v.measured) {
       h += "<td>" + rate_str(v.rate) + "</td><td>" + (v.ratio_to_none > 0 ? fmt("%.2f", v.ratio_to_none) : "-") +

@@ -477,7 +477,7 @@ void Session::analyze_events(const std::vector<OpEvent>& events, RunRecord* run,
     analyze(history_, events, s_.window_us(), fs_log_.all(), run, skip_prefixes, &contents);
     // A wrong read: which version each part of the bytes came from, against
     // every version the path had (lower and CL blobs stay fetchable by oid).
-    remote::MegaClient client(remote::MegaClientOptions{mega_->url()});
+    std::optional<remote::MegaClient> client;
     for (size_t i = first_new; i < run->notable.size(); ++i) {
       Notable& n = run->notable[i];
       if (n.kind != "wrong") continue;
@@ -495,7 +495,10 @@ void Session::analyze_events(const std::vector<OpEvent>& events, RunRecord* run,
         std::string label = "v" + std::to_string(k) + " " + span.oid->hex().substr(0, 10) + " (" + span.layer + ")";
         if (auto c = contents.find(*span.oid); c != contents.end()) {
           versions.emplace_back(label, c->second);
-        } else if (auto b = client.blob(*span.oid); b.ok()) {
+          continue;
+        }
+        if (!client) client.emplace(remote::MegaClientOptions{mega_->url()});
+        if (auto b = client->blob(*span.oid); b.ok()) {
           versions.emplace_back(label, *b);
         }
       }
