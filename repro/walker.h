@@ -1,5 +1,5 @@
-// A walk of a source tree the way `buck2 targets //...` walks it
-// (docs/reference estale-facts.md section 4): read `.buckconfig`; breadth-first
+// A walk of a source tree the way `buck2 targets //...` walks it (what
+// docs/repro.md describes under "The walker"): read `.buckconfig`; breadth-first
 // readdir with d_type, many directories in flight; in every directory whose
 // listing has a buildfile (BUCK.v2, BUCK), read each PACKAGE of the directory
 // and its parents (root first) and then the buildfile; read the .bzl files it
