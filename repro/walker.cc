@@ -165,6 +165,9 @@ class Walk {
       std::lock_guard l(mu_);
       dirs_info_[rel] = info;
     }
+    if (o_.lstat_entries)
+      for (const auto& e : *entries)
+        if (ops_.lstat(join(rel, e.name)) != 0) count_error();
     for (const auto& e : *entries) {
       if (e.type != DT_DIR) continue;
       std::string child = join(rel, e.name);
