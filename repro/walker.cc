@@ -251,7 +251,8 @@ class Walk {
 
     // The package's subtree down to sub-packages: what its glob()s see.
     std::vector<std::string> sources;
-    std::vector<std::string> stack{rel};
+    std::vector<std::string> stack;
+    if (o_.list_package_globs) stack.push_back(rel);
     while (!stack.empty() && !stopped()) {
       std::string d = stack.back();
       stack.pop_back();

@@ -169,6 +169,22 @@ TEST_F(WalkerTest, LstatsEveryListedEntryWhenAsked) {
   EXPECT_TRUE(paths_of(rec2.take(), Op::lstat).empty());
 }
 
+TEST_F(WalkerTest, PackageGlobListingsCanBeTurnedOff) {
+  // Without the glob()s, every directory is listed exactly once (the
+  // breadth-first pass) and the build files are still read.
+  auto o = opts(0.0);
+  o.write_buck_out = false;
+  o.list_package_globs = false;
+  Recorder rec;
+  auto sum = walk(o, &rec);
+  auto listed = paths_of(rec.take(), Op::readdir);
+  for (const char* d : {"", "apps", "apps/web", "apps/web/src", "apps/web/inner", "libs", "tools/build_defs"})
+    EXPECT_EQ(std::count(listed.begin(), listed.end(), d), 1) << d;
+  EXPECT_EQ(sum.buildfiles, 2u);
+  EXPECT_EQ(sum.package_files, 2u);
+  EXPECT_EQ(sum.errors, 0u);
+}
+
 TEST_F(WalkerTest, ErrorsAreRecordedWithTheirErrno) {
   // A BUCK file that cannot be opened: the walk goes on and records EACCES/ENOENT.
   fs::remove(root_ + "/apps/web/inner/local.bzl");
