@@ -66,6 +66,8 @@ requests per walk and daemon RSS per entry. Needs root (mounts).
   --threads N           walker threads (default 2)
   --ttl D               antares-fs --ttl (default 5s)
   --changes K           files the server changes for the "changes" condition (default 10)
+  --globs               also list every package's subtree again, as its glob()s
+                        would without buck2's cache (off: each directory is listed once)
   --configs LIST        of native, overlay, fuse-overlayfs, passthrough_ll,
                         antares-<none|A|B|C|auto>[@TTL]; "refs", "antares", "all"
                         (default all; native is always measured)
@@ -106,6 +108,7 @@ struct Options {
   uint64_t seed = 42;
   std::string workdir, json_path, command;
   bool keep = false;
+  bool globs = false;
 };
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -196,7 +199,7 @@ Options parse(int argc, char** argv) {
   std::string configs = "all";
   bool with_1m = false;
   enum { kFiles = 256, k1m, kReps, kThreads, kTtl, kChanges, kConfigs, kConds, kPtMax, kDaemonThreads, kSeed,
-         kWorkdir, kKeep, kJson, kHelp };
+         kWorkdir, kKeep, kJson, kGlobs, kHelp };
   static const option longopts[] = {
       {"files", required_argument, nullptr, kFiles},         {"with-1m", no_argument, nullptr, k1m},
       {"reps", required_argument, nullptr, kReps},           {"threads", required_argument, nullptr, kThreads},
@@ -206,7 +209,8 @@ Options parse(int argc, char** argv) {
       {"daemon-threads", required_argument, nullptr, kDaemonThreads},
       {"seed", required_argument, nullptr, kSeed},           {"workdir", required_argument, nullptr, kWorkdir},
       {"keep", no_argument, nullptr, kKeep},                 {"json", required_argument, nullptr, kJson},
-      {"help", no_argument, nullptr, kHelp},                 {nullptr, 0, nullptr, 0}};
+      {"globs", no_argument, nullptr, kGlobs},               {"help", no_argument, nullptr, kHelp},
+      {nullptr, 0, nullptr, 0}};
   opterr = 0;
   int c;
   while ((c = getopt_long(argc, argv, "", longopts, nullptr)) != -1) {
@@ -240,6 +244,7 @@ Options parse(int argc, char** argv) {
       case kWorkdir: o.workdir = optarg; break;
       case kKeep: o.keep = true; break;
       case kJson: o.json_path = optarg; break;
+      case kGlobs: o.globs = true; break;
       case kHelp: std::fputs(kUsageText, stdout); std::exit(kOk);
       case ':': usage_error(std::string("option ") + argv[optind - 1] + " needs a value");
       default: usage_error(std::string("unknown option ") + argv[optind - 1]);
@@ -261,6 +266,11 @@ struct Sample {
   Counters c;
   std::optional<uint64_t> rss;
   std::optional<uint64_t> rss_at_mount;  // the daemon's RSS before its first walk
+  // CPU seconds during the walk: the walker (this process), the FUSE daemon,
+  // mock-mega. Less sensitive to a loaded machine than the wall time.
+  double cpu_walker = 0;
+  std::optional<double> cpu_daemon, cpu_server;
+  double cpu_total() const { return cpu_walker + cpu_daemon.value_or(0) + cpu_server.value_or(0); }
   double load1 = 0;
 };
 
@@ -353,8 +363,8 @@ void print_table(FILE* out, const SizeResult& r, const Options& o) {
                     "time = median (and min-max) of n walks ==\n",
                grouped(double(r.files)).c_str(), grouped(double(r.dirs)).c_str(), grouped(double(r.entries)).c_str(),
                o.threads, ms_text(o.ttl).c_str(), o.changes, o.reps);
-  std::fprintf(out, "%-22s %-18s %3s %9s %19s %8s %10s %10s %10s %10s\n", "config", "condition", "n", "time s",
-               "min-max s", "x native", "FUSE req", "HTTP req", "listings", "RSS/entry");
+  std::fprintf(out, "%-22s %-18s %3s %9s %19s %8s %7s %10s %10s %10s %10s\n", "config", "condition", "n", "time s",
+               "min-max s", "x native", "CPU s", "FUSE req", "HTTP req", "listings", "RSS/entry");
   for (const auto& row : r.rows) {
     std::string cond = condition_label(row.condition, o.changes);
     if (!row.skipped.empty()) {
@@ -385,8 +395,10 @@ void print_table(FILE* out, const SizeResult& r, const Options& o) {
     });
     std::string rss_text = rss && r.entries ? grouped(*rss / double(r.entries)) + " B" : "n/a";
     unsigned bad = bad_samples(row, r.expect);
-    std::fprintf(out, "%-22s %-18s %3zu %9s %19s %8s %10s %10s %10s %10s%s\n", row.cfg.name.c_str(), cond.c_str(),
-                 row.samples.size(), secs_text(med).c_str(), range.c_str(), ratio, fuse ? grouped(*fuse).c_str() : "n/a",
+    auto cpu = median_of(row.samples, [](const Sample& s) { return std::optional<double>(s.cpu_total()); });
+    std::fprintf(out, "%-22s %-18s %3zu %9s %19s %8s %7s %10s %10s %10s %10s%s\n", row.cfg.name.c_str(), cond.c_str(),
+                 row.samples.size(), secs_text(med).c_str(), range.c_str(), ratio, secs_text(*cpu).c_str(),
+                 fuse ? grouped(*fuse).c_str() : "n/a",
                  http ? grouped(*http).c_str() : "n/a", listings ? grouped(*listings).c_str() : "n/a",
                  rss_text.c_str(), bad ? "  (!)" : "");
   }
@@ -431,6 +443,9 @@ json to_json(const SizeResult& r) {
                          {"secs", s.secs},
                          {"idle_before_s", s.idle_before_s},
                          {"load1", s.load1},
+                         {"cpu_walker_s", s.cpu_walker},
+                         {"cpu_daemon_s", opt_json(s.cpu_daemon)},
+                         {"cpu_server_s", opt_json(s.cpu_server)},
                          {"walk",
                           {{"dirs", s.walk.dirs},
                            {"packages", s.walk.packages},
@@ -453,6 +468,8 @@ json to_json(const SizeResult& r) {
                     {"ttl_ms", row.cfg.kind == Kind::antares ? json(row.cfg.ttl.count()) : json(nullptr)},
                     {"skipped", row.skipped.empty() ? json(nullptr) : json(row.skipped)},
                     {"median_s", opt_json(med)},
+                    {"cpu_median_s",
+                     opt_json(median_of(row.samples, [](const Sample& s) { return std::optional<double>(s.cpu_total()); }))},
                     {"ratio_to_native", med && native && *native > 0 ? json(*med / *native) : json(nullptr)},
                     {"fuse_requests", opt_json(median_of(row.samples, [](const Sample& s) { return s.c.fuse; }))},
                     {"http_requests", opt_json(median_of(row.samples, [](const Sample& s) { return s.c.http; }))},
@@ -521,6 +538,7 @@ class Bench {
   std::string size_dir_;
   SizeResult* res_ = nullptr;
   std::unique_ptr<repro::MegaServer> mega_;
+  pid_t mega_pid_ = -1;
   std::unique_ptr<KernelOverlay> overlay_;
   std::unique_ptr<FuseDaemon> fuse_overlayfs_, passthrough_;
   std::vector<Ref> refs_;
@@ -561,12 +579,25 @@ Result<Sample> Bench::measure(const std::string& root, Antares* fs, pid_t pid) {
   w.source_share = 0;
   w.write_buck_out = false;
   w.lstat_entries = true;
+  w.list_package_globs = o_.globs;
   w.stop = &repro::stop_requested();
   Sample s;
   s.load1 = read_load("").one;
+  auto self_cpu = [] {
+    rusage u{};
+    ::getrusage(RUSAGE_SELF, &u);
+    return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+  };
+  pid_t server = fs ? mega_pid_ : -1;
+  auto daemon0 = cpu_seconds(pid), server0 = cpu_seconds(server);
+  double walker0 = self_cpu();
   auto t0 = SteadyClock::now();
   s.walk = repro::walk(w, nullptr);
   s.secs = std::chrono::duration<double>(SteadyClock::now() - t0).count();
+  s.cpu_walker = self_cpu() - walker0;
+  auto daemon1 = cpu_seconds(pid), server1 = cpu_seconds(server);
+  if (daemon0 && daemon1) s.cpu_daemon = *daemon1 - *daemon0;
+  if (server0 && server1) s.cpu_server = *server1 - *server0;
   if (s.walk.stopped || stopping()) return Error::from_errno(EINTR, "interrupted");
   s.rss = rss_bytes(pid);
   if (fs) {
@@ -818,6 +849,7 @@ Status Bench::run_size(uint64_t files, SizeResult* out) {
   auto mega = repro::MegaServer::start(mo, size_dir_);
   if (!mega) return stopping() ? interrupted() : Error{mega.error().err, 0, "mock-mega: " + mega.error().describe()};
   mega_ = std::move(*mega);
+  mega_pid_ = find_process(size_dir_ + "/mock-mega.port");
   auto state = mega_->admin().state();
   if (!state) return state.error();
   out->dirs = (*state)["dirs"].get<uint64_t>();
@@ -868,8 +900,8 @@ int main(int argc, char** argv) {
   ::getrlimit(RLIMIT_NOFILE, &lim);
   Load start = read_load("start");
   std::printf("walk_bench: buck2-style walk (breadth-first readdir, lstat every entry, read every BUCK/PACKAGE and "
-              "the .bzl they load), %u walker threads\n",
-              o.threads);
+              "the .bzl they load%s), %u walker threads\n",
+              o.globs ? "; every package's subtree listed again for its globs" : "", o.threads);
   std::printf("command: %s\n", o.command.c_str());
   std::printf("machine: %u CPUs, kernel %s, open-file hard limit %s; load average at start %.2f %.2f %.2f\n",
               std::thread::hardware_concurrency(), un.release,
@@ -917,6 +949,7 @@ int main(int argc, char** argv) {
                   {"ttl_ms", o.ttl.count()},
                   {"changes", o.changes},
                   {"seed", o.seed},
+                  {"globs", o.globs},
                   {"conditions", o.conditions}}},
                 {"load_start", {start.one, start.five, start.fifteen}},
                 {"load_end", {end.one, end.five, end.fifteen}},

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -195,6 +196,41 @@ Result<Counters> Antares::scrape() {
   c.fs_http = prom_sum(s, "antares_http_requests_total");
   c.invalidations = prom_sum(s, "antares_invalidations_total", "result", {"sent"});
   return c;
+}
+
+std::optional<double> cpu_seconds(pid_t pid) {
+  if (pid <= 0) return std::nullopt;
+  std::string st = read_text("/proc/" + std::to_string(pid) + "/stat");
+  size_t paren = st.rfind(')');  // the command name may hold spaces
+  if (paren == std::string::npos) return std::nullopt;
+  std::istringstream in(st.substr(paren + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  // Fields 3.. after the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime.
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+    if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+  }
+  if (!in) return std::nullopt;
+  return double(utime + stime) / double(::sysconf(_SC_CLK_TCK));
+}
+
+pid_t find_process(const std::string& needle) {
+  DIR* d = ::opendir("/proc");
+  if (!d) return -1;
+  pid_t found = -1;
+  while (struct dirent* de = ::readdir(d)) {
+    if (de->d_name[0] < '0' || de->d_name[0] > '9') continue;
+    std::string cmd = read_text(std::string("/proc/") + de->d_name + "/cmdline");
+    for (auto& c : cmd)
+      if (c == '\0') c = ' ';
+    if (cmd.find(needle) != std::string::npos && std::atoi(de->d_name) != ::getpid()) {
+      found = std::atoi(de->d_name);
+      break;
+    }
+  }
+  ::closedir(d);
+  return found;
 }
 
 std::optional<uint64_t> rss_bytes(pid_t pid) {

@@ -99,6 +99,12 @@ class Antares {
 // Mount points at or beneath `dir`, per /proc/self/mountinfo.
 std::vector<std::string> mounts_under(const std::string& dir);
 
+// CPU time (user + system, all threads, exited ones included) a process has
+// used, in seconds; nullopt if it cannot be read. Resolution: one clock tick.
+std::optional<double> cpu_seconds(pid_t pid);
+// The pid of the first process whose command line contains `needle`, or -1.
+pid_t find_process(const std::string& needle);
+
 // VmRSS of a process in bytes; nullopt if it cannot be read.
 std::optional<uint64_t> rss_bytes(pid_t pid);
 
