@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config git
-  fuse3 libfuse3-dev
+  fuse3 libfuse3-dev fuse-overlayfs
   libcurl4-openssl-dev libssl-dev
   libcpp-httplib-dev nlohmann-json3-dev
   curl chromium libgtest-dev libgmock-dev libbenchmark-dev
