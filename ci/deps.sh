@@ -4,11 +4,12 @@
 set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config git
-  fuse3 libfuse3-dev
+  fuse3 libfuse3-dev fuse-overlayfs
   libcurl4-openssl-dev libssl-dev
   libcpp-httplib-dev nlohmann-json3-dev
   curl chromium libgtest-dev libgmock-dev libbenchmark-dev
   help2man
+  python3 python3-yaml
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -10,5 +10,5 @@ bash ci/deps.sh
 bash ci/build.sh
 BUILD=${BUILD_DIR:-build}
 (cd "$BUILD" && ctest --output-on-failure -j "$(nproc)" --timeout 900)
-"$BUILD/bin/estale-repro" matrix --ttl 300ms --soak 8s --repeat 2 --json "$BUILD/matrix.json"
+"$BUILD/bin/estale-repro" matrix --ttl 300ms --soak 8s --repeat 2 --cost-rounds 3 --json "$BUILD/matrix.json"
 "$BUILD/bin/estale-repro" scenario lower-refresh --strategy all --ttl 5s

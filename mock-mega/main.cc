@@ -41,6 +41,8 @@ with an admin API (/admin/...) and Prometheus metrics (/metrics).
   --admin-token T       require 'Authorization: Bearer T' on /admin/*
   --no-size             omit the 'size' extension field from listings
   --http-threads N      HTTP worker threads (default 64)
+  --max-files N         largest repository --files and /admin/reset accept
+                        (default 2000000; ~512 bytes per file while generating)
   --log-level L         debug, info, warn, error, off (default info)
   -h, --help            this text
   -V, --version         print the version
@@ -81,7 +83,7 @@ int main(int argc, char** argv) {
   std::string port_file, faults_file;
   enum {
     kSeed = 1000, kFiles, kCls, kHost, kPort, kPortFile, kEvery, kCount, kPaused, kKindW, kClassW,
-    kFaults, kToken, kNoSize, kThreads, kLogLevel
+    kFaults, kToken, kNoSize, kThreads, kLogLevel, kMaxFiles
   };
   static const option kOpts[] = {
       {"seed", required_argument, nullptr, kSeed},
@@ -100,6 +102,7 @@ int main(int argc, char** argv) {
       {"no-size", no_argument, nullptr, kNoSize},
       {"http-threads", required_argument, nullptr, kThreads},
       {"log-level", required_argument, nullptr, kLogLevel},
+      {"max-files", required_argument, nullptr, kMaxFiles},
       {"help", no_argument, nullptr, 'h'},
       {"version", no_argument, nullptr, 'V'},
       {nullptr, 0, nullptr, 0}};
@@ -133,6 +136,7 @@ int main(int argc, char** argv) {
       case kToken: opts.admin_token = optarg; break;
       case kNoSize: opts.include_size = false; break;
       case kThreads: opts.http_threads = std::max(1u, parse_number<unsigned>("--http-threads", optarg, 4096)); break;
+      case kMaxFiles: opts.max_files = parse_number<uint64_t>("--max-files", optarg, 20'000'000); break;
       case kLogLevel: {
         antares::log::Level l;
         if (!antares::log::parse_level(optarg, &l)) usage_error(std::string("invalid --log-level: '") + optarg + "'");
@@ -146,6 +150,10 @@ int main(int argc, char** argv) {
     }
   }
   if (optind < argc) usage_error(std::string("unexpected argument '") + argv[optind] + "'");
+  if (opts.repo.files > opts.max_files)
+    usage_error("--files " + std::to_string(opts.repo.files) + " exceeds --max-files " + std::to_string(opts.max_files) +
+                " (a repository costs about " + std::to_string(antares::mock::kPeakBytesPerFile) +
+                " bytes per file while it is generated; raise --max-files if the machine has the memory)");
 
   if (!faults_file.empty()) {
     std::ifstream f(faults_file);

@@ -169,11 +169,15 @@ TEST_F(RepositoryMutation, DeleteFileAndDirectory) {
 }
 
 TEST_F(RepositoryMutation, AddCreatesParents) {
+  const size_t bucks_before = r.paths_of(FileClass::buck).size();
+  const uint64_t files_before = r.file_count();
   LogEntry e = apply1(mut(MutationKind::add, "/new/dir/BUCK"));
   EXPECT_FALSE(e.old_oid);
   EXPECT_EQ(stat("/new/dir/BUCK").oid, e.new_oid);
   EXPECT_TRUE(stat("/new").is_dir);
-  EXPECT_EQ(r.paths_of(FileClass::buck).size(), r.paths_of(FileClass::buck).size());
+  // The new file is indexed under its class (from its name) and counted once.
+  EXPECT_EQ(r.paths_of(FileClass::buck).size(), bucks_before + 1);
+  EXPECT_EQ(r.file_count(), files_before + 1);
   auto bucks = r.paths_of(FileClass::buck);
   EXPECT_NE(std::find(bucks.begin(), bucks.end(), "/new/dir/BUCK"), bucks.end());
 }

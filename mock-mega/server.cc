@@ -7,7 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cinttypes>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 
 #include "common/clock.h"
@@ -91,12 +93,20 @@ bool parse_uint(std::string_view s, T* out) {
   return ec == std::errc() && p == s.data() + s.size();
 }
 
-// Finds this request's connection among our fds (httplib does not expose it)
-// and disconnects it with connect(AF_UNSPEC), which makes Linux send a RST.
-bool reset_connection(const httplib::Request& req) {
+int port_of(const sockaddr_storage& s) {
+  if (s.ss_family == AF_INET) return static_cast<int>(ntohs(reinterpret_cast<const sockaddr_in&>(s).sin_port));
+  if (s.ss_family == AF_INET6) return static_cast<int>(ntohs(reinterpret_cast<const sockaddr_in6&>(s).sin6_port));
+  return -1;
+}
+
+// Calls f(fd) for each connected socket of this process whose local port is
+// local_port (and, if remote_port >= 0, whose peer port is remote_port).
+// httplib does not expose its connections, so they are found among our fds;
+// f must not close the fd (its owner thread does), only act on the connection.
+template <class F>
+void for_each_connection(int local_port, int remote_port, F f) {
   DIR* d = opendir("/proc/self/fd");
-  if (!d) return false;
-  bool done = false;
+  if (!d) return;
   while (dirent* ent = readdir(d)) {
     int fd;
     if (!parse_uint(std::string_view(ent->d_name), &fd)) continue;
@@ -104,22 +114,67 @@ bool reset_connection(const httplib::Request& req) {
     socklen_t pl = sizeof peer, ll = sizeof local;
     if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;
     if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
-    auto port_of = [](const sockaddr_storage& s) {
-      if (s.ss_family == AF_INET) return static_cast<int>(ntohs(reinterpret_cast<const sockaddr_in&>(s).sin_port));
-      if (s.ss_family == AF_INET6) return static_cast<int>(ntohs(reinterpret_cast<const sockaddr_in6&>(s).sin6_port));
-      return -1;
-    };
-    if (port_of(peer) != req.remote_port || port_of(local) != req.local_port) continue;
+    if (port_of(local) != local_port || (remote_port >= 0 && port_of(peer) != remote_port)) continue;
+    if (!f(fd)) break;
+  }
+  closedir(d);
+}
+
+// Disconnects this request's connection with connect(AF_UNSPEC), which makes
+// Linux send a RST.
+bool reset_connection(const httplib::Request& req) {
+  bool done = false;
+  for_each_connection(req.local_port, req.remote_port, [&](int fd) {
     sockaddr unspec{};
     unspec.sa_family = AF_UNSPEC;
     done = connect(fd, &unspec, sizeof unspec) == 0;
-    break;
-  }
-  closedir(d);
+    return false;
+  });
   return done;
 }
 
+// Linux's MemAvailable in bytes (0 if unknown).
+uint64_t mem_available_bytes() {
+  FILE* f = fopen("/proc/meminfo", "re");
+  if (!f) return 0;
+  char line[256];
+  uint64_t kb = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "MemAvailable: %" SCNu64 " kB", &kb) == 1) break;
+  fclose(f);
+  return kb * 1024;
+}
+
 }  // namespace
+
+std::optional<std::string> files_refusal(uint64_t files, uint64_t max_files, uint64_t mem_available) {
+  if (files > max_files)
+    return "files " + std::to_string(files) + " exceeds this server's limit of " + std::to_string(max_files) +
+           " (--max-files; a repository costs about " + std::to_string(kPeakBytesPerFile) +
+           " bytes per file while it is generated)";
+  // Both repositories are alive while the new one is built.
+  const uint64_t need = files * kPeakBytesPerFile;
+  if (mem_available && need > mem_available / 2)
+    return "files " + std::to_string(files) + " needs about " + std::to_string(need >> 20) +
+           " MiB while it is generated; only " + std::to_string(mem_available >> 20) +
+           " MiB are available (MemAvailable), and the current repository stays alive until it is replaced";
+  return std::nullopt;
+}
+
+std::optional<std::pair<uint64_t, uint64_t>> resolve_range(std::pair<int64_t, int64_t> r, uint64_t length) {
+  // httplib's parse: (-1, -1) none, (a, -1) "a-", (-1, n) "-n", (a, b) "a-b".
+  if (r.first < 0 && r.second < 0) return std::make_pair(uint64_t{0}, length);
+  if (r.first < 0) {  // suffix: the last n bytes
+    uint64_t n = std::min<uint64_t>(static_cast<uint64_t>(r.second), length);
+    if (n == 0) return std::nullopt;
+    return std::make_pair(length - n, n);
+  }
+  uint64_t first = static_cast<uint64_t>(r.first);
+  if (first >= length) return std::nullopt;
+  uint64_t last = r.second < 0 ? length - 1 : std::min<uint64_t>(static_cast<uint64_t>(r.second), length - 1);
+  if (last < first) return std::nullopt;
+  return std::make_pair(first, last - first + 1);
+}
 
 struct MockMegaServer::Metrics {
   std::mutex mu;
@@ -189,7 +244,17 @@ void MockMegaServer::stop() {
       stopping_ = true;
     }
     sched_cv_.notify_all();
-    if (http_) http_->stop();
+    if (http_) {
+      http_->stop();
+      // A worker waiting on an idle keep-alive connection would hold the
+      // shutdown for httplib's whole keep-alive timeout (5 s); end those
+      // waits now. shutdown() leaves the fd to its worker to close.
+      if (port_ > 0)
+        for_each_connection(port_, -1, [](int fd) {
+          ::shutdown(fd, SHUT_RDWR);
+          return true;
+        });
+    }
     if (listener_.joinable()) listener_.join();
     if (scheduler_.joinable()) scheduler_.join();
   });
@@ -357,6 +422,25 @@ void MockMegaServer::install_routes() {
                                  return false;
                                });
       return;
+    }
+    res.set_header("Accept-Ranges", "bytes");
+    // One range is answered here, so the headers follow RFC 9110 (httplib
+    // would clamp neither the end nor the 416's Content-Range); several
+    // ranges are left to httplib's multipart/byteranges.
+    if (req.ranges.size() == 1) {
+      auto range = resolve_range(req.ranges[0], content.size());
+      // Handled: httplib must not apply the range a second time.
+      const_cast<httplib::Request&>(req).ranges.clear();
+      if (!range) {
+        res.status = 416;
+        res.set_header("Content-Range", "bytes */" + std::to_string(content.size()));
+        return;
+      }
+      res.status = 206;
+      res.set_header("Content-Range", "bytes " + std::to_string(range->first) + "-" +
+                                          std::to_string(range->first + range->second - 1) + "/" +
+                                          std::to_string(content.size()));
+      content = content.substr(range->first, range->second);
     }
     res.set_content(std::move(content), "application/octet-stream");
   });
@@ -531,16 +615,23 @@ void MockMegaServer::install_routes() {
       ro.seed = b["seed"].get<uint64_t>();
     }
     if (b.contains("files")) {
-      if (!b["files"].is_number_unsigned() || b["files"].get<uint64_t>() > 20000000)
-        return send_error(res, 400, "files must be an integer in [0, 20000000]");
+      if (!b["files"].is_number_unsigned()) return send_error(res, 400, "files must be a non-negative integer");
       ro.files = b["files"].get<uint64_t>();
+      if (auto why = files_refusal(ro.files, opts_.max_files, mem_available_bytes()))
+        return send_error(res, 422, *why);
     }
     if (b.contains("cls")) {
       if (!b["cls"].is_number_unsigned() || b["cls"].get<uint64_t>() > 10000)
         return send_error(res, 400, "cls must be an integer in [0, 10000]");
       ro.cls = b["cls"].get<uint32_t>();
     }
-    auto fresh = std::make_shared<Repository>(ro, opts_.weights);  // built outside the lock
+    std::shared_ptr<Repository> fresh;
+    try {
+      fresh = std::make_shared<Repository>(ro, opts_.weights);  // built outside the lock
+    } catch (const std::bad_alloc&) {
+      return send_error(res, 422, "not enough memory for a repository of " + std::to_string(ro.files) +
+                                      " files; the current one is kept");
+    }
     json j;
     {
       std::lock_guard l(repo_mu_);

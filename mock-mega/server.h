@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -26,6 +27,15 @@ struct Response;
 
 namespace antares::mock {
 
+// Peak memory per file while a repository is generated (measured: 471 MB
+// peak for 1,000,000 files; docs/mock-mega.md), rounded up.
+inline constexpr uint64_t kPeakBytesPerFile = 512;
+inline constexpr uint64_t kDefaultMaxFiles = 2'000'000;
+
+// Why a repository of `files` files must be refused (over max_files, or more
+// than half the available memory), or nullopt if it may be built.
+std::optional<std::string> files_refusal(uint64_t files, uint64_t max_files, uint64_t mem_available);
+
 struct ServerOptions {
   RepoOptions repo;
   Weights weights;
@@ -38,7 +48,16 @@ struct ServerOptions {
   bool include_size = true;  // send the `size` extension field on file items
   std::vector<Fault> faults;
   unsigned http_threads = 64;
+  // The largest repository /admin/reset (and the binary's --files) accepts:
+  // generation holds ~kPeakBytesPerFile per file and takes minutes per million.
+  uint64_t max_files = kDefaultMaxFiles;
 };
+
+// A single byte range of a body of `length` bytes, as httplib parsed it
+// (first or last may be -1: "a-", "-n"), resolved per RFC 9110: the end is
+// clamped to the body, a suffix longer than the body is the whole body.
+// Returns (offset, count), or nullopt when unsatisfiable (416).
+std::optional<std::pair<uint64_t, uint64_t>> resolve_range(std::pair<int64_t, int64_t> range, uint64_t length);
 
 class MockMegaServer {
  public:

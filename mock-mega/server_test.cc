@@ -3,6 +3,10 @@
 #include "mock-mega/server.h"
 
 #include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <set>
@@ -133,6 +137,74 @@ TEST_F(MockMegaTest, BlobGetHeadAndRange) {
   auto raw = admin->raw("GET", "/api/v1/file/blob/" + it->oid.hex());
   ASSERT_TRUE(raw.ok());
   EXPECT_EQ(raw->headers["content-type"], "application/octet-stream");
+}
+
+// Range requests per RFC 9110: the blob endpoint advertises byte ranges, a
+// range past the end is clamped, a suffix range counts from the end, and an
+// unsatisfiable range gets 416 with `Content-Range: bytes */LENGTH`.
+TEST_F(MockMegaTest, BlobRangesFollowRfc9110) {
+  auto it = item(first_path("buck"));
+  ASSERT_TRUE(it && it->size && *it->size > 10);
+  const uint64_t n = *it->size;
+  auto whole = client->blob(it->oid);
+  ASSERT_TRUE(whole.ok());
+  httplib::Client c("127.0.0.1", server->port());
+  const std::string url = "/api/v1/file/blob/" + it->oid.hex();
+
+  auto full = c.Get(url);
+  ASSERT_TRUE(full);
+  EXPECT_EQ(full->status, 200);
+  EXPECT_EQ(full->get_header_value("Accept-Ranges"), "bytes");
+  auto head = c.Head(url);
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->get_header_value("Accept-Ranges"), "bytes");
+
+  auto first = c.Get(url, {{"Range", "bytes=0-0"}});
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->status, 206);
+  EXPECT_EQ(first->body, whole->substr(0, 1));
+  EXPECT_EQ(first->get_header_value("Content-Range"), "bytes 0-0/" + std::to_string(n));
+  EXPECT_EQ(first->get_header_value("Accept-Ranges"), "bytes");
+
+  auto past_end = c.Get(url, {{"Range", "bytes=5-99999999"}});
+  ASSERT_TRUE(past_end);
+  EXPECT_EQ(past_end->status, 206);
+  EXPECT_EQ(past_end->body, whole->substr(5));
+  EXPECT_EQ(past_end->get_header_value("Content-Range"),
+            "bytes 5-" + std::to_string(n - 1) + "/" + std::to_string(n));
+
+  auto suffix = c.Get(url, {{"Range", "bytes=-4"}});
+  ASSERT_TRUE(suffix);
+  EXPECT_EQ(suffix->status, 206);
+  EXPECT_EQ(suffix->body, whole->substr(n - 4));
+  EXPECT_EQ(suffix->get_header_value("Content-Range"),
+            "bytes " + std::to_string(n - 4) + "-" + std::to_string(n - 1) + "/" + std::to_string(n));
+
+  for (const std::string& range : {"bytes=" + std::to_string(n) + "-", "bytes=" + std::to_string(n + 10) + "-" +
+                                                                          std::to_string(n + 20)}) {
+    auto r = c.Get(url, {{"Range", range}});
+    ASSERT_TRUE(r) << range;
+    EXPECT_EQ(r->status, 416) << range;
+    EXPECT_EQ(r->get_header_value("Content-Range"), "bytes */" + std::to_string(n)) << range;
+    EXPECT_EQ(r->body, "") << range;
+  }
+  // The client's own range reads still agree with the whole blob.
+  auto tail = client->blob_range(it->oid, n - 3, 3);
+  ASSERT_TRUE(tail.ok());
+  EXPECT_EQ(*tail, whole->substr(n - 3));
+}
+
+TEST(MockMegaRange, ResolveRange) {
+  using R = std::optional<std::pair<uint64_t, uint64_t>>;
+  EXPECT_EQ(resolve_range({-1, -1}, 10), R({0, 10}));
+  EXPECT_EQ(resolve_range({2, 4}, 10), R({2, 3}));
+  EXPECT_EQ(resolve_range({2, -1}, 10), R({2, 8}));
+  EXPECT_EQ(resolve_range({2, 100}, 10), R({2, 8}));
+  EXPECT_EQ(resolve_range({-1, 3}, 10), R({7, 3}));
+  EXPECT_EQ(resolve_range({-1, 30}, 10), R({0, 10}));
+  EXPECT_EQ(resolve_range({10, -1}, 10), std::nullopt);
+  EXPECT_EQ(resolve_range({-1, 0}, 10), std::nullopt);
+  EXPECT_EQ(resolve_range({0, -1}, 0), std::nullopt);
 }
 
 TEST_F(MockMegaTest, FilesListHasMegaShapeAndBlobsResolve) {
@@ -435,9 +507,13 @@ TEST_F(MockMegaTest, ResetTruncateAndMalformedAreTransportOrProtocolErrors) {
   ASSERT_FALSE(r4.ok());
   EXPECT_EQ(r4.err(), EBADMSG) << r4.error().describe();
   ASSERT_TRUE(admin->set_faults(json::array({{{"endpoint", "blob"}, {"kind", "malformed"}}})).ok());
+  auto raw = admin->raw("GET", "/api/v1/file/blob/" + oid.hex());
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(raw->status, 200) << "a corrupted blob still arrives whole";
+  EXPECT_NE(git_blob_oid(raw->body), oid) << "only its oid shows the corruption";
   auto r5 = once.blob(oid);
-  ASSERT_TRUE(r5.ok()) << "a corrupted blob still arrives whole";
-  EXPECT_NE(git_blob_oid(*r5), oid) << "only its oid shows the corruption";
+  ASSERT_FALSE(r5.ok()) << "the client checks every blob against its oid";
+  EXPECT_EQ(r5.err(), EIO) << r5.error().describe();
 
   ASSERT_TRUE(admin->set_faults(json::array()).ok());
   EXPECT_TRUE(once.content_hash("/").ok());
@@ -553,6 +629,80 @@ TEST_F(MockMegaTest, StateScheduleResetAndMetrics) {
   EXPECT_NE(m->find("# TYPE mock_mega_requests_total counter"), std::string::npos);
 }
 
+// A reset to a repository the server cannot hold is refused with a 4xx that
+// says why, and the current repository stays.
+TEST_F(MockMegaTest, ResetRefusesARepositoryTooLargeToGenerate) {
+  auto before = admin->state();
+  ASSERT_TRUE(before.ok());
+  auto r = admin->raw("POST", "/admin/reset", R"({"files":20000000})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 422) << r->body;
+  json j = json::parse(r->body, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << r->body;
+  EXPECT_EQ(j["req_result"], false);
+  EXPECT_NE(j["err_message"].get<std::string>().find("20000000"), std::string::npos) << j["err_message"];
+  EXPECT_NE(j["err_message"].get<std::string>().find("--max-files"), std::string::npos) << j["err_message"];
+  auto after = admin->state();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ((*after)["files"], (*before)["files"]);
+  EXPECT_TRUE(client->content_hash("/").ok());
+  // Within the limit a reset still works.
+  auto ok = admin->raw("POST", "/admin/reset", R"({"seed":3,"files":200})");
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(ok->status, 200) << ok->body;
+  EXPECT_EQ((*admin->state())["files"], 200);
+}
+
+TEST(MockMegaLimits, FilesRefusalNamesTheLimitOrTheMemory) {
+  EXPECT_EQ(files_refusal(1000, 2000, 0), std::nullopt);
+  EXPECT_EQ(files_refusal(1000, 2000, uint64_t{1} << 30), std::nullopt);
+  auto over = files_refusal(3000, 2000, uint64_t{1} << 40);
+  ASSERT_TRUE(over);
+  EXPECT_NE(over->find("--max-files"), std::string::npos) << *over;
+  // Within the limit but more than half the available memory.
+  auto memory = files_refusal(1'000'000, 2'000'000, 600ull << 20);
+  ASSERT_TRUE(memory);
+  EXPECT_NE(memory->find("MemAvailable"), std::string::npos) << *memory;
+}
+
+// Opens a keep-alive connection to 127.0.0.1:port, completes one request and
+// leaves the connection idle; returns the fd (-1 on failure).
+int idle_keep_alive_connection(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return -1;
+  const std::string req = "GET /admin/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) return -1;
+  char buf[4096];
+  if (read(fd, buf, sizeof buf) <= 0) return -1;  // the answer: the connection is now idle, kept alive
+  return fd;
+}
+
+// Stopping never waits out httplib's 5 s keep-alive timeout on an idle
+// client connection, even while the scheduler mutates every millisecond.
+TEST(MockMegaStop, StopsPromptlyWithAnIdleKeepAliveClientAndAFastSchedule) {
+  auto o = small_repo();
+  o.mutate_every = milliseconds(1);
+  MockMegaServer server(o);
+  auto port = server.start();
+  ASSERT_TRUE(port.ok());
+  int fd = idle_keep_alive_connection(*port);
+  ASSERT_GE(fd, 0);
+  std::atomic<bool> stopped{false};
+  std::thread t([&] {
+    server.stop();
+    stopped = true;
+  });
+  // Well under the keep-alive timeout this used to wait for.
+  bool prompt = testing::wait_until([&] { return stopped.load(); }, std::chrono::seconds(3));
+  t.join();
+  close(fd);
+  EXPECT_TRUE(prompt);
+}
+
 TEST_F(MockMegaTest, AdminTokenIsEnforced) {
   auto o = small_repo();
   o.admin_token = "s3cret";
@@ -594,6 +744,20 @@ TEST(MockMegaCli, HelpBadFlagsAndPortFile) {
   EXPECT_NE(err2.find("cannot bind"), std::string::npos) << err2;
   EXPECT_EQ(p.terminate(), 0);
   EXPECT_NE(p.stderr_text().find("event=listening"), std::string::npos);
+
+  // SIGTERM stops promptly with a 1 ms schedule and an idle keep-alive client.
+  testing::Subprocess fast({bin, "--files", "300", "--port", "0", "--port-file", tmp / "port2", "--mutate-every", "1ms"},
+                           tmp / "fast");
+  ASSERT_TRUE(testing::wait_until([&] { return !testing::read_file(tmp / "port2").empty(); }, std::chrono::seconds(20)))
+      << fast.stderr_text();
+  int idle = idle_keep_alive_connection(std::stoi(testing::read_file(tmp / "port2")));
+  ASSERT_GE(idle, 0);
+  EXPECT_EQ(fast.terminate(std::chrono::seconds(3)), 0) << "did not exit within 3 s of SIGTERM";
+  close(idle);
+
+  // A repository beyond --max-files is a usage error, not an out-of-memory death.
+  EXPECT_EQ(testing::run({bin, "--files", "20000000"}, nullptr, &err2), 2);
+  EXPECT_NE(err2.find("--max-files"), std::string::npos) << err2;
 
   std::ofstream(tmp / "faults.json") << R"([{"kind":"bogus"}])";
   EXPECT_EQ(testing::run({bin, "--faults", tmp / "faults.json"}, nullptr, &err2), 1);

@@ -9,13 +9,14 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "common/mountinfo.h"
+#include "testing/mount_fixture.h"
 #include "testing/subprocess.h"
 
 namespace antares::testing {
@@ -50,6 +51,18 @@ int repro(std::vector<std::string> args, const TempDir& dir, json* report, std::
 
 // Whether a mount of a run under `dir` is left behind.
 bool mounts_left(const TempDir& dir) { return antares::has_mount_below(antares::read_mountinfo(), dir.path()); }
+
+// Whether a run under `dir` has written buck-out through its mount: the
+// walker's outputs land in the run's private upper dir
+// (TMPDIR/estale-repro-XXXXXX/upper), which is read here without entering the mount.
+bool walk_wrote_buck_out(const TempDir& dir) {
+  std::error_code ec;
+  for (const auto& run : std::filesystem::directory_iterator(dir.path(), ec))
+    if (run.path().filename().string().rfind("estale-repro-", 0) == 0 &&
+        std::filesystem::is_directory(run.path() / "upper" / "buck-out" / "v2" / "gen", ec))
+      return true;
+  return false;
+}
 
 class PerStrategy : public ::testing::TestWithParam<std::string> {};
 
@@ -146,18 +159,191 @@ TEST(ReproE2E, InterruptStopsAndUnmounts) {
   REQUIRE_FS();
   TempDir dir;
   Subprocess p({"/usr/bin/env", "TMPDIR=" + dir.path(), bin_dir() + "/estale-repro", "--bin-dir", bin_dir(), "--files", "300", "soak", "--duration", "60s",
-                "--strategy", "none"},
+                "--strategy", "none", "--json", dir / "report.json"},
                dir / "soak");
-  // Wait until the mount is up and walked.
-  ASSERT_TRUE(wait_until([&] { return mounts_left(dir); }, std::chrono::seconds(30)));
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // Wait until the mount is up and a walk has written its first buck-out
+  // file through it (into the run's upper dir), so the interrupt lands mid-soak.
+  ASSERT_TRUE(wait_until([&] { return mounts_left(dir) && walk_wrote_buck_out(dir); }, std::chrono::seconds(60)))
+      << p.stderr_text();
   kill(p.pid(), SIGINT);
   EXPECT_EQ(p.wait(std::chrono::seconds(30)), 130) << p.stderr_text();
   EXPECT_FALSE(mounts_left(dir));
+  // The report says "interrupted", never "setup failed".
+  EXPECT_NE(p.stdout_text().find("Interrupted: "), std::string::npos) << p.stdout_text();
+  EXPECT_EQ(p.stdout_text().find("setup failed"), std::string::npos) << p.stdout_text();
+  json report = json::parse(read_file(dir / "report.json"), nullptr, false);
+  ASSERT_FALSE(report.is_discarded());
+  EXPECT_TRUE(report["interrupted"].get<bool>());
+  ASSERT_EQ(report["table"].size(), 1u);
+  EXPECT_EQ(report["table"][0]["verdict"], "interrupted");
   // Its children (own process groups) are gone too.
   std::string out;
   run({"/bin/sh", "-c", "pgrep -P " + std::to_string(p.pid()) + " | wc -l"}, &out);
   EXPECT_EQ(out, "0\n");
+}
+
+// A mount of its own that estale-repro attaches to: mock-mega plus
+// antares-fs under strategy auto.
+struct AttachedMount {
+  TempDir dir;
+  MegaProcess mega{dir, MegaOptions{.seed = 11, .files = 300, .cls = 2, .extra = {}}};
+  Mount mount{dir, mega.url(), MountOptions{.strategy = "auto", .ttl = "300ms", .cl = "", .extra = {}}};
+  std::vector<std::string> attach() const {
+    return {"--mega", mega.url(), "--mountpoint", mount.mnt(), "--upper", mount.upper(), "--run-dir", mount.run_dir()};
+  }
+  std::string strategy() {
+    std::string out;
+    if (mount.ctl({"status"}, &out) != 0) return "(status failed)";
+    json st = json::parse(out, nullptr, false);
+    return st.is_object() && st.contains("strategy") ? st["strategy"].get<std::string>() : "(no strategy)";
+  }
+};
+
+TEST(ReproE2E, AttachedWalkLeavesTheMountsStrategyAsItWas) {
+  REQUIRE_FS();
+  AttachedMount m;
+  ASSERT_TRUE(m.mount.ok()) << m.mount.log();
+  ASSERT_EQ(m.strategy(), "auto");
+  // Without --strategy: walks under the mount's own strategy, switches nothing.
+  json report;
+  std::string log;
+  auto args = m.attach();
+  args.push_back("walk");
+  EXPECT_EQ(repro(args, m.dir, &report, &log), 0) << log;
+  ASSERT_FALSE(report.is_discarded()) << log;
+  ASSERT_EQ(report["runs"].size(), 1u);
+  EXPECT_EQ(report["runs"][0]["strategy"], "auto");
+  EXPECT_EQ(m.strategy(), "auto");
+  // With --strategy none: that strategy for the run only.
+  args.insert(args.end(), {"--strategy", "none"});
+  int code = repro(args, m.dir, &report, &log);
+  EXPECT_TRUE(code == 0 || code == 1) << log;
+  EXPECT_EQ(m.strategy(), "auto") << log;
+  ASSERT_EQ(report["table"].size(), 1u);
+  // The row agrees with itself: ESTALE runs and ESTALE both zero or both not.
+  const json& row = report["table"][0];
+  EXPECT_EQ(row["strategy"], "none");
+  EXPECT_EQ(row["estale_runs"].get<int>() > 0, row["estale"].get<int>() > 0) << row.dump();
+  EXPECT_NE(row["verdict"], "NOT reproduced") << row.dump();
+  EXPECT_FALSE(m.strategy().empty());
+}
+
+TEST(ReproE2E, AttachedSoakSwitchesBackWhenInterrupted) {
+  REQUIRE_FS();
+  AttachedMount m;
+  ASSERT_TRUE(m.mount.ok()) << m.mount.log();
+  std::vector<std::string> argv{"/usr/bin/env", "TMPDIR=" + m.dir.path(), bin_dir() + "/estale-repro", "--bin-dir",
+                                bin_dir()};
+  auto att = m.attach();
+  argv.insert(argv.end(), att.begin(), att.end());
+  argv.insert(argv.end(), {"soak", "--strategy", "none", "--duration", "60s"});
+  Subprocess p(argv, m.dir / "soak");
+  ASSERT_TRUE(wait_until([&] { return m.strategy() == "none" || !p.running(); }, std::chrono::seconds(60)))
+      << p.stderr_text();
+  ASSERT_TRUE(p.running()) << p.stdout_text() << p.stderr_text();
+  kill(p.pid(), SIGTERM);
+  EXPECT_EQ(p.wait(std::chrono::seconds(60)), 130) << p.stderr_text();
+  EXPECT_EQ(m.strategy(), "auto") << p.stdout_text() << p.stderr_text();
+  EXPECT_TRUE(mounted_fstype(m.mount.mnt())) << "the attached mount is not estale-repro's to unmount";
+}
+
+TEST(ReproE2E, LocalWalkNamesItsErrorsAndWritesJson) {
+  TempDir dir;
+  std::filesystem::create_directories(dir / "tree/apps/web");
+  std::ofstream(dir / "tree/.buckconfig") << "[buildfile]\n  name = BUCK\n";
+  // A BUCK file that loads a .bzl file the tree does not have.
+  std::ofstream(dir / "tree/apps/web/BUCK") << "load(\"//tools:missing.bzl\", \"x\")\nrust_library(name = \"w\")\n";
+  std::string out, err;
+  int code = run({bin_dir() + "/estale-repro", "walk", "--root", dir / "tree", "--json", dir / "walk.json"}, &out, &err);
+  EXPECT_EQ(code, 1) << out << err;
+  EXPECT_NE(out.find("1 errors"), std::string::npos) << out;
+  EXPECT_NE(out.find("open tools/missing.bzl: No such file or directory (errno 2)"), std::string::npos) << out;
+  json j = json::parse(read_file(dir / "walk.json"), nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << read_file(dir / "walk.json");
+  ASSERT_EQ(j["errors"].size(), 1u);
+  EXPECT_EQ(j["errors"][0]["path"], "tools/missing.bzl");
+  EXPECT_EQ(j["errors"][0]["errno"], ENOENT);
+  EXPECT_GT(j["buildfiles"].get<int>(), 0);
+}
+
+// Outcome columns of a table row: what a run of the same seed repeats (the
+// ESTALE count and the latencies depend on timing; which runs reproduce,
+// which targets, and the verdicts do not).
+std::vector<std::string> outcomes_of(const json& table) {
+  std::vector<std::string> v;
+  for (const auto& r : table) {
+    std::string targets;
+    for (const auto& t : r["targets"]) targets += t.get<std::string>() + ",";
+    v.push_back(r["strategy"].get<std::string>() + " " + r["scenario"].get<std::string>() + " runs=" +
+                r["runs"].dump() + " estale_runs=" + r["estale_runs"].dump() + " ok=" + r["ok"].dump() +
+                " stale>win=" + r["stale_beyond_window"].dump() + " wrong=" + r["wrong"].dump() + " verdict=" +
+                r["verdict"].get<std::string>() + " targets=" + targets);
+  }
+  return v;
+}
+
+TEST(ReproE2E, ShardsMergeToTheUnshardedTable) {
+  REQUIRE_FS();
+  TempDir dir;
+  const std::vector<std::string> matrix{"--seed", "5", "matrix", "--strategy", "none,auto", "--repeat", "1",
+                                        "--soak", "0", "--cost-rounds", "0"};
+  json whole;
+  std::string log;
+  ASSERT_EQ(repro(matrix, dir, &whole, &log), 0) << log;
+  std::vector<std::string> parts;
+  for (int k = 1; k <= 3; ++k) {
+    auto args = matrix;
+    args.insert(args.end(), {"--shard", std::to_string(k) + "/3"});
+    json part;
+    ASSERT_EQ(repro(args, dir, &part, &log), 0) << log;
+    EXPECT_NE(log.find("shard " + std::to_string(k) + "/3: "), std::string::npos) << log;
+    parts.push_back(dir / ("shard-" + std::to_string(k) + ".json"));
+    std::ofstream(parts.back()) << part.dump();
+  }
+  std::vector<std::string> merge{bin_dir() + "/estale-repro", "merge"};
+  merge.insert(merge.end(), parts.begin(), parts.end());
+  merge.insert(merge.end(), {"--json", dir / "merged.json", "--html", dir / "merged.html"});
+  std::string out, err;
+  ASSERT_EQ(run(merge, &out, &err), 0) << out << err;
+  json merged = json::parse(read_file(dir / "merged.json"), nullptr, false);
+  ASSERT_FALSE(merged.is_discarded());
+  EXPECT_EQ(outcomes_of(merged["table"]), outcomes_of(whole["table"]));
+  EXPECT_EQ(outcomes_of(merged["table"]).size(), 10u);
+  EXPECT_EQ(merged["verdict"]["recommended"], whole["verdict"]["recommended"]);
+  EXPECT_NE(read_file(dir / "merged.html").find("id=\"verdict\""), std::string::npos);
+  // Two shards of three: the merge says what is missing and fails.
+  EXPECT_EQ(run({bin_dir() + "/estale-repro", "merge", parts[0], parts[1], "--json", dir / "two.json"}, &out, &err), 1);
+  EXPECT_NE(out.find("shard(s) 3/3 missing"), std::string::npos) << out;
+}
+
+TEST(ReproE2E, KeepPrintsWhereItKeptTheRun) {
+  REQUIRE_FS();
+  TempDir dir;
+  std::string log;
+  json report;
+  ASSERT_EQ(repro({"scenario", "lower-refresh", "--keep"}, dir, &report, &log), 0) << log;
+  ASSERT_EQ(report["runs"].size(), 1u);
+  std::string kept = report["runs"][0]["kept_dir"].get<std::string>();
+  ASSERT_FALSE(kept.empty());
+  EXPECT_NE(log.find("kept: " + kept), std::string::npos) << log;
+  EXPECT_TRUE(std::filesystem::exists(kept + "/antares-fs.log"));
+  EXPECT_FALSE(mounts_left(dir));
+}
+
+TEST(ReproE2E, MatrixShowsRunKOfNAndEtaOnATty) {
+  REQUIRE_FS();
+  if (access("/usr/bin/script", X_OK) != 0) GTEST_SKIP() << "script(1) is not installed (util-linux)";
+  TempDir dir;
+  // script(1) gives estale-repro a terminal; its typescript records what it drew.
+  std::string cmd = "TMPDIR=" + dir.path() + " " + bin_dir() + "/estale-repro --bin-dir " + bin_dir() +
+                    " --files 300 matrix --strategy none --repeat 1 --soak 0 --cost-rounds 0";
+  std::string out, err;
+  ASSERT_EQ(run({"/usr/bin/script", "-q", "-e", "-c", cmd, dir / "typescript"}, &out, &err, std::chrono::seconds(200)), 0)
+      << out << err;
+  std::string ts = read_file(dir / "typescript");
+  EXPECT_NE(ts.find("[run 1 of 5, "), std::string::npos) << ts.substr(0, 3000);
+  EXPECT_NE(ts.find("[run 5 of 5, "), std::string::npos);
+  EXPECT_NE(ts.find(" elapsed, ETA "), std::string::npos);
 }
 
 std::string find_chromium() {
@@ -188,6 +374,13 @@ TEST(ReproE2E, HtmlReportRendersInHeadlessChromium) {
   for (size_t p = 0; (p = dom.find("<svg", p)) != std::string::npos; ++p) ++svgs;
   EXPECT_EQ(svgs, 6u) << "5 timelines + 1 latency chart";
   EXPECT_NE(dom.find("chart latency"), std::string::npos);
+  // The first thing on the page is the verdict: the recommended strategy with
+  // its measured cost (the matrix measured it) and correctness.
+  size_t rec = dom.find("Recommended: ");
+  ASSERT_NE(rec, std::string::npos);
+  EXPECT_LT(rec, dom.find("Per strategy and scenario"));
+  EXPECT_NE(dom.find("entries/s", rec), std::string::npos);
+  EXPECT_NE(dom.find("0 ESTALE", rec), std::string::npos);
   // No script errors or console messages.
   EXPECT_EQ(err.find("Uncaught"), std::string::npos) << err;
   EXPECT_EQ(err.find("CONSOLE"), std::string::npos) << err;

@@ -35,4 +35,13 @@ std::vector<OpEvent> Recorder::take() {
   return out;
 }
 
+bool Recorder::keep_content(const Oid& oid, const std::string& bytes) {
+  std::lock_guard lock(mu_);
+  if (contents_.count(oid)) return true;
+  if (content_bytes_ + bytes.size() > kMaxContentBytes) return false;
+  content_bytes_ += bytes.size();
+  contents_.emplace(oid, bytes);
+  return true;
+}
+
 }  // namespace antares::repro

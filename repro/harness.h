@@ -20,7 +20,7 @@
 
 namespace antares::repro {
 
-// Set by the SIGINT/SIGTERM handler; every wait loop checks it.
+// Set by the SIGINT/SIGTERM/SIGHUP handler; every wait loop checks it.
 std::atomic<bool>& stop_requested();
 void install_stop_handlers();
 

@@ -216,6 +216,42 @@ std::vector<std::pair<int64_t, std::optional<Oid>>> History::timeline(const std:
   return out;
 }
 
+std::string History::layer_at(const std::string& path, int64_t t) const {
+  if (auto it = upper_.find(path); it != upper_.end())
+    if (state_at(it->second, t)) return "upper";
+  if (auto it = cl_files_.find(path); it != cl_files_.end()) {
+    const ClVersion* cur = nullptr;
+    for (const auto& v : it->second) {
+      if (v.from_us > t) break;
+      cur = &v;
+    }
+    if (cur && cur->state == ClVersion::present) return "cl";
+    if (cur && cur->state == ClVersion::whiteout) return "";
+  }
+  if (auto it = lower_.find(path); it != lower_.end())
+    if (state_at(it->second, t)) return "lower";
+  return "";
+}
+
+std::vector<History::Span> History::spans(const std::string& path) const {
+  std::vector<Span> out;
+  auto tl = timeline(path);
+  for (size_t i = 0; i < tl.size(); ++i) {
+    int64_t until = i + 1 < tl.size() ? tl[i + 1].first : INT64_MAX;
+    out.push_back({tl[i].first, until, tl[i].second, tl[i].second ? layer_at(path, tl[i].first) : ""});
+  }
+  return out;
+}
+
+std::vector<History::Span> History::allowed(const std::string& path, int64_t t0, int64_t t1,
+                                            int64_t window_us) const {
+  std::vector<Span> out;
+  const int64_t lo = t0 - window_us - kToleranceUs, hi = t1 + kToleranceUs;
+  for (auto& s : spans(path))
+    if (s.oid && s.from_us <= hi && s.until_us >= lo) out.push_back(std::move(s));
+  return out;
+}
+
 bool History::present_at(const std::string& path, int64_t t) const {
   if (knows(path)) return at(path, t).has_value();
   std::string prefix = dir_prefix(path);

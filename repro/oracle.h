@@ -93,6 +93,21 @@ class History {
   // Whether a file or a directory (any file beneath it) exists at t.
   bool present_at(const std::string& path, int64_t t_us) const;
 
+  // One effective version of a path: when it began and ended (INT64_MAX: it
+  // still is), its oid (nullopt: absent), and the layer that held it.
+  struct Span {
+    int64_t from_us, until_us;
+    std::optional<Oid> oid;
+    std::string layer;  // upper, cl, lower, or "" when absent
+  };
+  // Every version of the path, oldest first.
+  std::vector<Span> spans(const std::string& path) const;
+  // The versions a read over [t0, t1] may return: effective at some instant
+  // from window before t0 to t1 (present ones only).
+  std::vector<Span> allowed(const std::string& path, int64_t t0_us, int64_t t1_us, int64_t window_us) const;
+  // Which layer holds the effective version at t ("" if absent).
+  std::string layer_at(const std::string& path, int64_t t_us) const;
+
   ReadVerdict classify_read(const std::string& path, const Oid& oid, int64_t t0_us, int64_t t1_us,
                             int64_t window_us) const;
   ErrClass classify_error(const std::string& path, int err, int64_t t0_us, int64_t t1_us, int64_t window_us) const;

@@ -9,8 +9,8 @@
 
 namespace antares::repro {
 
-void PathOps::record(Op op, const std::string& rel, int64_t t0, int err, uint64_t bytes,
-                     std::optional<Oid> oid) const {
+void PathOps::record(Op op, const std::string& rel, int64_t t0, int err, uint64_t bytes, std::optional<Oid> oid,
+                     std::string head) const {
   if (!rec_) return;
   OpEvent e;
   e.t_us = t0;
@@ -20,6 +20,7 @@ void PathOps::record(Op op, const std::string& rel, int64_t t0, int err, uint64_
   e.bytes = bytes;
   e.path = rel;
   e.oid = oid;
+  e.head = std::move(head);
   rec_->add(std::move(e));
 }
 
@@ -81,7 +82,10 @@ std::optional<std::string> PathOps::read(const std::string& rel) const {
     record(Op::read, rel, t0, err, data.size());
     return std::nullopt;
   }
-  record(Op::read, rel, t0, 0, data.size(), git_blob_oid(data));
+  Oid oid = git_blob_oid(data);
+  std::string head;
+  if (rec_ && !rec_->keep_content(oid, data)) head = data.substr(0, kHeadBytes);
+  record(Op::read, rel, t0, 0, data.size(), oid, std::move(head));
   return data;
 }
 

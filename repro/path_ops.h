@@ -43,7 +43,7 @@ class PathOps {
 
  private:
   void record(Op op, const std::string& rel, int64_t t0, int err, uint64_t bytes,
-              std::optional<Oid> oid = std::nullopt) const;
+              std::optional<Oid> oid = std::nullopt, std::string head = {}) const;
   std::string root_;
   Recorder* rec_;
 };

@@ -269,6 +269,19 @@ Status dir_replaced(ScenarioCtx& c) {
   return {};
 }
 
+// A run whose Session could not open: interrupted if a stop signal came,
+// else a setup failure with the reason.
+void mark_not_run(RunRecord* run, const Error& e) {
+  if (stop_requested().load()) {
+    run->interrupted = true;
+    run->note = "interrupted";
+  } else {
+    run->setup_failed = true;
+    run->note = "setup: " + e.describe();
+  }
+  run->end_us = wall_us();
+}
+
 void finish_run(Session& ss, RunRecord* run, const std::vector<std::string>& skip) {
   ss.analyze_into(run, skip);
   if (auto st = ss.fs().status()) run->fs_status = *st;
@@ -293,12 +306,15 @@ Progress::Progress() : tty_(isatty(STDERR_FILENO) == 1) {}
 
 void Progress::status(const std::string& text) {
   if (!tty_) return;
-  std::string t = text.size() > 150 ? text.substr(0, 150) : text;
+  std::lock_guard lock(mu_);
+  std::string t = (eta_ ? "[" + eta_->text() + "] " : std::string()) + text;
+  if (t.size() > 200) t = t.substr(0, 200);
   fprintf(stderr, "\r\033[K%s", t.c_str());
   fflush(stderr);
 }
 
 void Progress::line(const std::string& text) {
+  std::lock_guard lock(mu_);
   if (tty_) fprintf(stderr, "\r\033[K");
   fprintf(stderr, "%s\n", text.c_str());
   fflush(stderr);
@@ -340,9 +356,15 @@ Result<std::unique_ptr<Session>> Session::open(const Settings& s, const std::str
   auto fs = MountedFs::start(fo, ss->mega_->url(), ss->dir_->path());
   if (!fs) return fs.error();
   ss->fs_ = std::move(*fs);
-  if (!s.mountpoint.empty()) {
-    // Attached: make the mount use the strategy asked for.
-    if (auto st = ss->fs_->set_strategy(strategy); !st.ok()) return st.error();
+  if (!s.mountpoint.empty() && !strategy.empty()) {
+    // Attached: use the strategy asked for for this run only; close() and the
+    // destructor (any exit path, a stop signal included) switch it back.
+    std::string before = ss->current_strategy();
+    if (before.empty()) return Error::from_errno(EPROTO, "antares-ctl status on " + s.mountpoint + " names no strategy");
+    if (before != strategy) {
+      if (auto st = ss->fs_->set_strategy(strategy); !st.ok()) return st.error();
+      ss->restore_strategy_ = before;
+    }
   }
   ss->ops_ = PathOps(ss->fs_->mountpoint(), &ss->rec_);
   ss->fs_log_.set_path(ss->fs_->stderr_path());
@@ -351,15 +373,31 @@ Result<std::unique_ptr<Session>> Session::open(const Settings& s, const std::str
 
 Session::~Session() { close(); }
 
+std::string Session::current_strategy() {
+  if (!fs_) return "";
+  auto st = fs_->status();
+  if (!st) return "";
+  auto it = st->find("strategy");
+  return it != st->end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 std::string Session::close() {
   std::string note;
+  if (fs_ && !restore_strategy_.empty()) {
+    if (auto st = fs_->set_strategy(restore_strategy_); !st.ok())
+      note = "could not switch " + fs_->mountpoint() + " back to strategy " + restore_strategy_ + ": " +
+             st.error().describe();
+    restore_strategy_.clear();
+  }
   if (fs_ && fs_->started()) {
     fs_->stop();
     if (fs_->exit_code() != 0)
-      note = "antares-fs exited " + std::to_string(fs_->exit_code()) + " on SIGTERM (expected 0)";
+      note += std::string(note.empty() ? "" : "; ") + "antares-fs exited " + std::to_string(fs_->exit_code()) +
+              " on SIGTERM (expected 0)";
   }
   fs_.reset();
   mega_.reset();
+  if (dir_ && s_.keep) kept_dir_ = dir_->path();
   dir_.reset();
   return note;
 }
@@ -428,9 +466,45 @@ Status Session::refresh() {
 }
 
 void Session::analyze_into(RunRecord* run, const std::vector<std::string>& skip_prefixes) {
-  auto events = rec_.take();
+  analyze_events(rec_.take(), run, skip_prefixes);
+}
+
+void Session::analyze_events(const std::vector<OpEvent>& events, RunRecord* run,
+                             const std::vector<std::string>& skip_prefixes) {
   fs_log_.poll();
-  analyze(history_, events, s_.window_us(), fs_log_.all(), run, skip_prefixes);
+  size_t first_new = run->notable.size();
+  rec_.with_contents([&](const std::map<Oid, std::string>& contents) {
+    analyze(history_, events, s_.window_us(), fs_log_.all(), run, skip_prefixes, &contents);
+    // A wrong read: which version each part of the bytes came from, against
+    // every version the path had (lower and CL blobs stay fetchable by oid).
+    std::optional<remote::MegaClient> client;
+    for (size_t i = first_new; i < run->notable.size(); ++i) {
+      Notable& n = run->notable[i];
+      if (n.kind != "wrong") continue;
+      auto read_oid = Oid::from_hex(n.read_oid);
+      auto it = read_oid ? contents.find(*read_oid) : contents.end();
+      if (it == contents.end()) {
+        n.diagnosis = "the bytes read were not kept (over the recorder's budget)";
+        continue;
+      }
+      std::vector<std::pair<std::string, std::string>> versions;
+      int k = 0;
+      for (const auto& span : history_.spans("/" + n.path)) {
+        if (!span.oid) continue;
+        ++k;
+        std::string label = "v" + std::to_string(k) + " " + span.oid->hex().substr(0, 10) + " (" + span.layer + ")";
+        if (auto c = contents.find(*span.oid); c != contents.end()) {
+          versions.emplace_back(label, c->second);
+          continue;
+        }
+        if (!client) client.emplace(remote::MegaClientOptions{mega_->url()});
+        if (auto b = client->blob(*span.oid); b.ok()) {
+          versions.emplace_back(label, *b);
+        }
+      }
+      n.diagnosis = diagnose_bytes(it->second, versions);
+    }
+  });
 }
 
 RunRecord run_scenario(const Settings& s, const std::string& scenario, const std::string& strategy, int rep,
@@ -440,14 +514,13 @@ RunRecord run_scenario(const Settings& s, const std::string& scenario, const std
   run.strategy = strategy;
   run.scenario = scenario;
   run.rep = rep;
+  run.seed = s.seed;
   run.start_us = wall_us();
   if (progress) progress->status("[" + strategy + "] " + scenario + " #" + std::to_string(rep) + ": starting");
   const std::optional<uint32_t> cl = scenario == "cl-resync" ? std::optional<uint32_t>(1) : std::nullopt;
   auto ss = Session::open(s, strategy, cl);
   if (!ss) {
-    run.setup_failed = true;
-    run.note = "setup: " + ss.error().describe();
-    run.end_us = wall_us();
+    mark_not_run(&run, ss.error());
     return run;
   }
   Session& session = **ss;
@@ -460,22 +533,25 @@ RunRecord run_scenario(const Settings& s, const std::string& scenario, const std
   else if (scenario == "upper-replaced") st = upper_replaced(c);
   else if (scenario == "dir-replaced") st = dir_replaced(c);
   else st = Error::from_errno(EINVAL, "unknown scenario " + scenario);
-  if (stop_requested().load() && st.ok()) st = Error::from_errno(EINTR, "interrupted");
-  if (!st.ok()) {
+  if (stop_requested().load()) {
+    run.interrupted = true;
+    run.note = "interrupted";
+  } else if (!st.ok()) {
     run.setup_failed = true;
     run.note = st.error().describe();
   }
   finish_run(session, &run, {});
-  if (!session.fs().alive()) {
+  if (!run.interrupted && !session.fs().alive()) {
     run.note += (run.note.empty() ? "" : "; ") + std::string("antares-fs died or the mount vanished");
     run.setup_failed = true;
   }
   if (auto n = session.close(); !n.empty()) run.note += (run.note.empty() ? "" : "; ") + n;
+  run.kept_dir = session.kept_dir();
   run.end_us = wall_us();
   run.reproduced = run.stats.estale > 0;
   run.persistent = c.result.persistent;
   run.converged = c.result.fresh;
-  if (!run.setup_failed) {
+  if (!run.setup_failed && !run.interrupted) {
     if (strategy == "none") {
       run.ok = run.reproduced;
     } else {
@@ -544,12 +620,11 @@ RunRecord run_soak(const Settings& s, const std::string& strategy, int64_t durat
   run.mode = "soak";
   run.strategy = strategy;
   run.scenario = "soak";
+  run.seed = s.seed;
   run.start_us = wall_us();
   auto ss = Session::open(s, strategy, s.soak_cl);
   if (!ss) {
-    run.setup_failed = true;
-    run.note = "setup: " + ss.error().describe();
-    run.end_us = wall_us();
+    mark_not_run(&run, ss.error());
     return run;
   }
   Session& session = **ss;
@@ -595,10 +670,13 @@ RunRecord run_soak(const Settings& s, const std::string& strategy, int64_t durat
   (void)session.sync_log();
   finish_run(session, &run, {"buck-out/"});
   if (auto n = session.close(); !n.empty()) run.note += (run.note.empty() ? "" : "; ") + n;
+  run.kept_dir = session.kept_dir();
   run.end_us = wall_us();
   run.reproduced = run.stats.estale > 0;
-  run.note += (run.note.empty() ? "" : "; ") + std::to_string(walks) + " walks";
-  run.ok = !run.setup_failed && (strategy == "none" ? run.reproduced
+  run.interrupted = stop_requested().load();
+  run.note += (run.note.empty() ? "" : "; ") + std::to_string(walks) + " walks" +
+              (run.interrupted ? ", interrupted after " + std::to_string((run.end_us - start) / 1000000) + " s" : "");
+  run.ok = !run.setup_failed && !run.interrupted && (strategy == "none" ? run.reproduced
                                                     : run.stats.estale == 0 && run.stats.stale_beyond == 0 &&
                                                           run.stats.wrong == 0);
   return run;
@@ -609,12 +687,11 @@ RunRecord run_switch(const Settings& s, int64_t duration_ms, Progress* progress)
   run.mode = "switch";
   run.strategy = "none->auto";
   run.scenario = "switch";
+  run.seed = s.seed;
   run.start_us = wall_us();
   auto ss = Session::open(s, "none", std::nullopt);
   if (!ss) {
-    run.setup_failed = true;
-    run.note = "setup: " + ss.error().describe();
-    run.end_us = wall_us();
+    mark_not_run(&run, ss.error());
     return run;
   }
   Session& session = **ss;
@@ -672,11 +749,17 @@ RunRecord run_switch(const Settings& s, int64_t duration_ms, Progress* progress)
     auto r = probe(session, s, files, expected, true);
     if (!r.estale) st = Error::from_errno(EAGAIN, "ESTALE did not reproduce under none before the switch");
   }
-  if (!st.ok()) {
-    run.setup_failed = true;
-    run.note = st.error().describe();
+  if (!st.ok() || stop_requested().load()) {
+    if (stop_requested().load()) {
+      run.interrupted = true;
+      run.note = "interrupted";
+    } else {
+      run.setup_failed = true;
+      run.note = st.error().describe();
+    }
     finish_run(session, &run, {"buck-out/"});
-    session.close();
+    if (auto n = session.close(); !n.empty()) run.note += "; " + n;
+    run.kept_dir = session.kept_dir();
     run.end_us = wall_us();
     return run;
   }
@@ -720,11 +803,12 @@ RunRecord run_switch(const Settings& s, int64_t duration_ms, Progress* progress)
     else if (e.t_us < t_switch + grace_us) ++in_grace;
     else ++after;
   }
-  session.fs_log().poll();
-  analyze(session.history(), events, s.window_us(), session.fs_log().all(), &run, {"buck-out/"});
+  session.analyze_events(events, &run, {"buck-out/"});
   finish_run(session, &run, {"buck-out/"});
-  if (auto n = session.close(); !n.empty()) run.note += (run.note.empty() ? "" : "; ") + n;
+  std::string close_note = session.close();
+  run.kept_dir = session.kept_dir();
   run.end_us = wall_us();
+  run.interrupted = stop_requested().load();
   run.reproduced = before > 0;
   run.converged = final_probe.fresh && !final_probe.estale;
   char note[256];
@@ -734,12 +818,15 @@ RunRecord run_switch(const Settings& s, int64_t duration_ms, Progress* progress)
   run.note = note;
   if (!sw.ok()) run.note += "; strategy switch failed: " + sw.error().describe();
   if (!run.converged) run.note += "; broken paths did not read fresh after the switch";
-  run.ok = sw.ok() && run.reproduced && after == 0 && run.converged;
+  if (!close_note.empty()) run.note += "; " + close_note;
+  if (run.interrupted) run.note += "; interrupted";
+  run.ok = !run.interrupted && sw.ok() && run.reproduced && after == 0 && run.converged;
   return run;
 }
 
 std::optional<std::string> failure_of(const RunRecord& r) {
   std::string name = r.strategy + " " + r.scenario + (r.mode == "scenario" ? " #" + std::to_string(r.rep) : "");
+  if (r.interrupted) return std::nullopt;  // the report as a whole says "interrupted"
   if (r.setup_failed) return name + ": could not run: " + r.note;
   if (r.mode == "scenario") {
     if (r.strategy == "none" && !r.reproduced) return name + ": ESTALE did not reproduce";
@@ -750,10 +837,11 @@ std::optional<std::string> failure_of(const RunRecord& r) {
              (r.converged ? "" : ", never fresh") + (r.note.empty() ? "" : " (" + r.note + ")");
     return std::nullopt;
   }
-  if (r.mode == "soak") {
+  if (r.mode == "soak" || r.mode == "walk") {
     if (r.strategy != "none" && !r.ok)
       return name + ": " + std::to_string(r.stats.estale) + " ESTALE, " + std::to_string(r.stats.stale_beyond) +
-             " stale beyond window, " + std::to_string(r.stats.wrong) + " wrong";
+             " stale beyond window, " + std::to_string(r.stats.wrong) + " wrong" +
+             (r.note.empty() ? "" : " (" + r.note + ")");
     return std::nullopt;
   }
   if (!r.ok) return name + ": " + r.note;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@
 #include "repro/harness.h"
 #include "repro/oracle.h"
 #include "repro/path_ops.h"
+#include "repro/plan.h"
 #include "repro/report.h"
 #include "repro/walker.h"
 
@@ -51,6 +53,10 @@ struct Settings {
   int64_t mutate_every_ms = 500;
   uint32_t mutate_count = 2;
   std::optional<uint32_t> soak_cl;
+  // Cost (cost.h): warm walks per strategy, repository size, TTL.
+  unsigned cost_rounds = 5;
+  uint64_t cost_files = 3000;
+  int64_t cost_ttl_ms = 5000;
 
   // How long a filesystem may serve a superseded version: the TTL, the
   // kernel's entry/attr caches, and slack for scheduling.
@@ -64,20 +70,28 @@ struct Settings {
 const std::vector<std::string>& all_scenarios();
 const std::vector<std::string>& all_strategies();
 
-// Live progress: a rewritten line on a TTY, plain lines otherwise (stderr).
+// Live progress on stderr: a rewritten status line on a TTY (prefixed with
+// "run k of N, elapsed, ETA" once a plan is set), plain lines otherwise.
 class Progress {
  public:
   Progress();
+  void set_plan(Eta* eta) { eta_ = eta; }
   void status(const std::string& text);  // TTY only: transient
   void line(const std::string& text);    // always: a permanent line
+  bool tty() const { return tty_; }
+
  private:
   bool tty_;
+  Eta* eta_ = nullptr;
+  std::mutex mu_;  // status() runs on ticker threads too
 };
 
 class Session {
  public:
   // Starts mock-mega (unless attached), calls before_mount with it, starts
-  // antares-fs (unless attached), takes the oracle's snapshot.
+  // antares-fs (unless attached), takes the oracle's snapshot. Attached to a
+  // mount, it switches the mount to `strategy` ("" = leave it as it is) and
+  // close() (or the destructor, on any exit path) switches it back.
   static Result<std::unique_ptr<Session>> open(const Settings& s, const std::string& strategy,
                                                std::optional<uint32_t> cl,
                                                const std::function<Status(MegaServer&)>& before_mount = {});
@@ -97,11 +111,20 @@ class Session {
   Status refresh();
   // Pulls new entries from /admin/log into the oracle (and markers).
   Status sync_log();
-  // Classifies everything recorded so far into run (and clears the recorder).
+  // Classifies everything recorded so far into run (and clears the recorder);
+  // a wrong read gets a diagnosis against the path's known versions.
   void analyze_into(RunRecord* run, const std::vector<std::string>& skip_prefixes);
-  // Stops and unmounts what it started. Returns a note if antares-fs did not
-  // exit 0 on SIGTERM (its contract), else "".
+  // Classifies events already taken out of the recorder.
+  void analyze_events(const std::vector<OpEvent>& events, RunRecord* run,
+                      const std::vector<std::string>& skip_prefixes);
+  // The strategy the mount uses now (antares-ctl status), "" if unknown.
+  std::string current_strategy();
+  // Stops and unmounts what it started; restores an attached mount's strategy.
+  // Returns a note if antares-fs did not exit 0 on SIGTERM (its contract) or
+  // the strategy could not be restored, else "".
   std::string close();
+  // --keep: the private directory kept (logs, cache, upper), else "".
+  const std::string& kept_dir() const { return kept_dir_; }
 
  private:
   explicit Session(const Settings& s) : s_(s), ops_("", nullptr) {}
@@ -117,6 +140,8 @@ class Session {
   PathOps ops_;
   FsLogTail fs_log_;
   std::vector<Marker> markers_;
+  std::string restore_strategy_;  // attached: the strategy to switch back to
+  std::string kept_dir_;
 };
 
 // One repetition of a scenario under a strategy; never throws. The record's

@@ -165,6 +165,9 @@ class Walk {
       std::lock_guard l(mu_);
       dirs_info_[rel] = info;
     }
+    if (o_.lstat_entries)
+      for (const auto& e : *entries)
+        if (ops_.lstat(join(rel, e.name)) != 0) count_error();
     for (const auto& e : *entries) {
       if (e.type != DT_DIR) continue;
       std::string child = join(rel, e.name);
@@ -248,7 +251,8 @@ class Walk {
 
     // The package's subtree down to sub-packages: what its glob()s see.
     std::vector<std::string> sources;
-    std::vector<std::string> stack{rel};
+    std::vector<std::string> stack;
+    if (o_.list_package_globs) stack.push_back(rel);
     while (!stack.empty() && !stopped()) {
       std::string d = stack.back();
       stack.pop_back();

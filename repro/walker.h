@@ -1,5 +1,5 @@
-// A walk of a source tree the way `buck2 targets //...` walks it
-// (docs/reference estale-facts.md section 4): read `.buckconfig`; breadth-first
+// A walk of a source tree the way `buck2 targets //...` walks it (what
+// docs/repro.md describes under "The walker"): read `.buckconfig`; breadth-first
 // readdir with d_type, many directories in flight; in every directory whose
 // listing has a buildfile (BUCK.v2, BUCK), read each PACKAGE of the directory
 // and its parents (root first) and then the buildfile; read the .bzl files it
@@ -26,6 +26,8 @@ struct WalkOptions {
   uint64_t seed = 1;             // picks the sources (with `iteration`)
   uint64_t iteration = 0;        // a loop counter: another walk reads other sources
   bool write_buck_out = true;    // write + rename one file per package under buck-out/
+  bool lstat_entries = false;    // lstat every entry the breadth-first pass lists (bench/walk)
+  bool list_package_globs = true;  // list each package's subtree again, as its glob()s do
   std::string buck_out = "buck-out/v2/gen";
   const std::atomic<bool>* stop = nullptr;  // checked between operations
 };

@@ -142,6 +142,49 @@ TEST_F(WalkerTest, SourceShareSelectsDeterministically) {
   EXPECT_EQ(sum.sources, 0u);
 }
 
+TEST_F(WalkerTest, LstatsEveryListedEntryWhenAsked) {
+  // The benchmark's walk (bench/walk): readdir, lstat every entry, read the
+  // build files; no sources, no buck-out writes.
+  auto o = opts(0.0);
+  o.lstat_entries = true;
+  o.write_buck_out = false;
+  Recorder rec;
+  auto sum = walk(o, &rec);
+  auto ev = rec.take();
+  auto lstats = paths_of(ev, Op::lstat);
+  auto count = [&](const std::string& p) { return std::count(lstats.begin(), lstats.end(), p); };
+  // Once per entry of every directory the breadth-first pass lists, ignored ones included.
+  for (const char* p : {".buckconfig", "PACKAGE", "apps", "apps/PACKAGE", "apps/web", "apps/web/main.rs",
+                        "apps/web/src", "apps/web/src/lib.rs", "apps/web/inner/inner.rs", "libs/nobuild/file.rs",
+                        "tools/build_defs/unused.bzl", "buck-out"})
+    EXPECT_EQ(count(p), 1) << p;
+  EXPECT_EQ(count("buck-out/old"), 0);  // inside an ignored directory: never listed
+  EXPECT_EQ(sum.sources, 0u);
+  EXPECT_EQ(sum.writes, 0u);
+  EXPECT_EQ(sum.buildfiles, 2u);
+  EXPECT_EQ(sum.errors, 0u);
+  // Off by default: the reproduction's walk lstats only the sources it reads.
+  Recorder rec2;
+  walk(opts(0.0), &rec2);
+  EXPECT_TRUE(paths_of(rec2.take(), Op::lstat).empty());
+}
+
+TEST_F(WalkerTest, PackageGlobListingsCanBeTurnedOff) {
+  // Without the glob()s, every directory is listed exactly once (the
+  // breadth-first pass) and the build files are still read.
+  auto o = opts(0.0);
+  o.write_buck_out = false;
+  o.list_package_globs = false;
+  Recorder rec;
+  auto sum = walk(o, &rec);
+  auto listed = paths_of(rec.take(), Op::readdir);
+  for (const char* d : {"", "apps", "apps/web", "apps/web/src", "apps/web/inner", "libs", "tools/build_defs"})
+    EXPECT_EQ(std::count(listed.begin(), listed.end(), d), 1) << d;
+  EXPECT_EQ(sum.buildfiles, 2u);
+  EXPECT_EQ(sum.package_files, 2u);
+  EXPECT_EQ(sum.errors, 0u);
+}
+
 TEST_F(WalkerTest, ErrorsAreRecordedWithTheirErrno) {
   // A BUCK file that cannot be opened: the walk goes on and records EACCES/ENOENT.
   fs::remove(root_ + "/apps/web/inner/local.bzl");

@@ -180,7 +180,9 @@ void Daemon::apply_strategy(const HandleStrategy* s) {
     timeouts_.attr = opts_.attr_timeout;
     timeouts_.keep_cache = false;
   }
-  if (fs_) fs_->drop_caches();
+  // What the kernel kept under an invalidating strategy (listings, pages)
+  // is only safe while invalidations come: a switch drops it all.
+  if (fs_) invalidator_.push(fs_->drop_caches());
   log::info("strategy", {{"name", std::string(s->name())},
                          {"entry_timeout", std::to_string(timeouts_.entry.load())},
                          {"attr_timeout", std::to_string(timeouts_.attr.load())}});

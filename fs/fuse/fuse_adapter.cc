@@ -37,7 +37,10 @@ Caller caller(fuse_req_t req) {
   return c;
 }
 
+// An open directory: its listing, taken at the first READDIR (offset 0) and
+// served from this snapshot for the rest of that pass.
 struct DirHandle {
+  bool listed = false;
   std::vector<DirEntry> entries;
 };
 
@@ -229,16 +232,26 @@ void op_fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
 
 void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto& a = prepared(req);
-  auto entries = a.fs().opendir(node(ino));
-  if (!entries.ok()) return a.reply_error(req, FuseOp::opendir, entries.error());
-  auto* h = new DirHandle{std::move(*entries)};
+  if (auto st = a.fs().opendir(node(ino)); !st.ok()) return a.reply_error(req, FuseOp::opendir, st.error());
+  auto* h = new DirHandle;
   fi->fh = reinterpret_cast<uint64_t>(h);
+  // Where every change is invalidated, the kernel may keep the listing
+  // across opens (notify_inval_inode of the directory drops it).
+  fi->cache_readdir = a.timeouts().keep_cache.load();
+  fi->keep_cache = fi->cache_readdir;
   a.count(FuseOp::opendir, 0);
   if (fuse_reply_open(req, fi) != 0) delete h;
 }
 
-void op_readdir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   auto* h = reinterpret_cast<DirHandle*>(fi->fh);
+  if (off == 0 || !h->listed) {
+    auto& a = prepared(req);
+    auto entries = a.fs().readdir(node(ino));
+    if (!entries.ok()) return a.reply_error(req, FuseOp::readdir, entries.error());
+    h->entries = std::move(*entries);
+    h->listed = true;
+  }
   std::string buf(size, '\0');
   size_t used = 0;
   for (size_t i = size_t(off); i < h->entries.size(); ++i) {

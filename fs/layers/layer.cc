@@ -42,45 +42,74 @@ Identity identity_of(const struct statx& stx) {
   return id;
 }
 
-Result<std::shared_ptr<const FileHandle>> FileHandle::of(int dirfd, const std::string& name) {
-  std::vector<char> buf(sizeof(struct file_handle) + MAX_HANDLE_SZ);
-  auto* fh = reinterpret_cast<struct file_handle*>(buf.data());
+void FileHandle::release() {
+  if (size_ > kInline) delete[] heap_;
+  size_ = 0;
+  type_ = 0;
+}
+
+void FileHandle::assign(int type, const unsigned char* bytes, uint32_t size) {
+  if (size > kInline) {
+    auto* copy = new unsigned char[size];
+    std::memcpy(copy, bytes, size);
+    release();
+    heap_ = copy;
+  } else {
+    unsigned char tmp[kInline];
+    std::memcpy(tmp, bytes, size);  // bytes may alias our own buffer
+    release();
+    std::memcpy(inline_, tmp, size);
+  }
+  type_ = type;
+  size_ = size;
+}
+
+bool FileHandle::operator==(const FileHandle& o) const {
+  return type_ == o.type_ && size_ == o.size_ && std::memcmp(data(), o.data(), size_) == 0;
+}
+
+Result<FileHandle> FileHandle::of(int dirfd, const std::string& name) {
+  alignas(struct file_handle) unsigned char buf[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+  auto* fh = reinterpret_cast<struct file_handle*>(buf);
   fh->handle_bytes = MAX_HANDLE_SZ;
   int mount_id = 0;
   int flags = name.empty() ? AT_EMPTY_PATH : 0;
   if (::name_to_handle_at(dirfd, name.c_str(), fh, &mount_id, flags) != 0)
     return sys_error("name_to_handle_at", name);
-  auto h = std::make_shared<FileHandle>();
-  h->bytes_.assign(buf.data(), sizeof(struct file_handle) + fh->handle_bytes);
-  return std::shared_ptr<const FileHandle>(std::move(h));
+  FileHandle h;
+  h.assign(fh->handle_type, fh->f_handle, fh->handle_bytes);
+  return h;
 }
 
 Result<UniqueFd> FileHandle::open(int mount_fd, int flags) const {
-  // open_by_handle_at does not modify the handle; the cast is for its signature.
-  auto* fh = reinterpret_cast<struct file_handle*>(const_cast<char*>(bytes_.data()));
+  alignas(struct file_handle) unsigned char buf[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+  auto* fh = reinterpret_cast<struct file_handle*>(buf);
+  fh->handle_type = type_;
+  fh->handle_bytes = size_;
+  std::memcpy(fh->f_handle, data(), size_);
   int fd = ::open_by_handle_at(mount_fd, fh, flags | O_CLOEXEC);
   if (fd < 0) return sys_error("open_by_handle_at", "");
   return UniqueFd(fd);
 }
 
-std::shared_ptr<const FileHandle> HandleCache::get(const Identity& id) {
+std::optional<FileHandle> HandleCache::get(const Identity& id) {
   std::lock_guard lk(mu_);
   auto it = map_.find(id);
   if (it == map_.end()) {
     stats_.misses++;
-    return nullptr;
+    return std::nullopt;
   }
   stats_.hits++;
   return it->second;
 }
 
-void HandleCache::put(const Identity& id, std::shared_ptr<const FileHandle> h) {
+void HandleCache::put(const Identity& id, const FileHandle& h) {
   std::lock_guard lk(mu_);
   if (map_.size() >= capacity_) {
     stats_.dropped += map_.size();
     map_.clear();
   }
-  map_[id] = std::move(h);
+  map_[id] = h;
 }
 
 void HandleCache::erase(const Identity& id) {
@@ -125,16 +154,17 @@ Result<std::unique_ptr<Layer>> Layer::open(std::string name, const std::string& 
   return std::unique_ptr<Layer>(new Layer(std::move(name), root, writable, std::move(rfd), hooks));
 }
 
-Result<LayerRef> Layer::resolve_at(int dirfd, const std::string& dir_rel, const std::string& name) {
+Result<LayerRef> Layer::resolve_at(int dirfd, const std::string& name) {
   LayerRef ref;
-  ref.path = name.empty() ? dir_rel : join_path(dir_rel, name);
   for (int attempt = 0;; ++attempt) {
     auto stx = statx_at(dirfd, name);
     if (!stx.ok()) return stx.error();
     ref.id = identity_of(*stx);
     ref.type = stx->stx_mode & S_IFMT;
-    ref.handle = cache_.get(ref.id);
-    if (ref.handle) return ref;
+    if (auto cached = cache_.get(ref.id)) {
+      ref.handle = std::move(*cached);
+      return ref;
+    }
     auto h = FileHandle::of(dirfd, name);
     if (!h.ok()) return h.error();
     // The name may have been replaced between the statx and the handle: the
@@ -142,27 +172,24 @@ Result<LayerRef> Layer::resolve_at(int dirfd, const std::string& dir_rel, const 
     auto again = statx_at(dirfd, name);
     if (!again.ok()) return again.error();
     if (identity_of(*again) == ref.id) {
-      ref.handle = *h;
+      ref.handle = std::move(*h);
       cache_.put(ref.id, ref.handle);
       return ref;
     }
-    if (attempt == 3)
-      return Error::from_errno(ESTALE, "resolve " + name_ + ":/" + ref.path + ": kept being replaced");
+    if (attempt == 3) return Error::from_errno(ESTALE, "resolve " + name_ + ": " + name + " kept being replaced");
   }
 }
 
 Result<LayerRef> Layer::resolve(const std::string& rel) {
-  if (rel.empty()) return resolve_at(root_fd_.get(), "", "");
+  if (rel.empty()) return resolve_at(root_fd_.get(), "");
   auto fd = open_path(rel, O_PATH);
   if (!fd.ok()) return fd.error();
-  auto ref = resolve_at(fd->get(), "", "");
-  if (ref.ok()) ref->path = rel;
-  return ref;
+  return resolve_at(fd->get(), "");
 }
 
-Result<UniqueFd> Layer::open_handle(const LayerRef& ref, int flags) {
-  auto fd = ref.handle->open(root_fd_.get(), flags);
-  if (!fd.ok()) return Error::from_errno(fd.err(), "open_by_handle_at " + name_ + ":/" + ref.path);
+Result<UniqueFd> Layer::open_handle(const LayerRef& ref, int flags, std::string_view rel) {
+  auto fd = ref.handle.open(root_fd_.get(), flags);
+  if (!fd.ok()) return Error::from_errno(fd.err(), "open_by_handle_at " + name_ + ":/" + std::string(rel));
   return fd;
 }
 

@@ -7,6 +7,10 @@
 // The three layers (upper, CL, lower) are all instances of Layer; what differs
 // is the LayerHooks the lower layer installs (fetch a listing before a
 // directory is read, fetch a blob before a file is opened) and writability.
+//
+// A LayerRef is small and holds no path: the union keeps one per node and
+// layer for every entry it has seen (a million at monorepo scale), and
+// computes a path from its tree only when a strategy needs one.
 #pragma once
 
 #include <sys/stat.h>
@@ -16,6 +20,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -40,22 +45,43 @@ struct IdentityHash {
   }
 };
 
-// An opaque kernel file handle. Immutable; shared between the cache and refs.
+// An opaque kernel file handle, a value. Handles of the common filesystems
+// (ext4: 8 bytes, xfs, btrfs) fit the inline buffer; longer ones (up to
+// MAX_HANDLE_SZ) go to the heap.
 class FileHandle {
  public:
+  FileHandle() = default;
+  FileHandle(const FileHandle& o) { assign(o.type_, o.data(), o.size_); }
+  FileHandle& operator=(const FileHandle& o) {
+    if (this != &o) assign(o.type_, o.data(), o.size_);
+    return *this;
+  }
+  ~FileHandle() { release(); }
+  bool empty() const { return size_ == 0 && type_ == 0; }
+  bool operator==(const FileHandle& o) const;
+
   // The handle of `name` in `dirfd` ("" = dirfd itself); never follows symlinks.
-  static Result<std::shared_ptr<const FileHandle>> of(int dirfd, const std::string& name);
+  static Result<FileHandle> of(int dirfd, const std::string& name);
   // open_by_handle_at(mount_fd, ...): ESTALE once the object was replaced or removed.
   Result<UniqueFd> open(int mount_fd, int flags) const;
 
  private:
-  std::string bytes_;  // struct file_handle, header included
+  static constexpr size_t kInline = 24;
+  const unsigned char* data() const { return size_ > kInline ? heap_ : inline_; }
+  void assign(int type, const unsigned char* bytes, uint32_t size);
+  void release();
+  int type_ = 0;
+  uint32_t size_ = 0;
+  union {
+    unsigned char inline_[kInline];
+    unsigned char* heap_;
+  };
 };
 
-// A union node's presence in one layer.
+// A union node's presence in one layer: the object's handle and identity.
+// Where it is (its path beneath the layer root) is the union's to know.
 struct LayerRef {
-  std::string path;  // beneath the layer root, no leading '/'; "" is the root
-  std::shared_ptr<const FileHandle> handle;
+  FileHandle handle;
   Identity id;
   mode_t type = 0;  // S_IFMT bits at resolve time
 };
@@ -64,13 +90,14 @@ struct HandleCacheStats {
   std::atomic<uint64_t> hits{0}, misses{0}, dropped{0};
 };
 
-// Handles keyed by Identity. Bounded: when full it is cleared (handles are
-// also held by the refs that use them, so clearing only costs re-creation).
+// Handles keyed by Identity, as upstream's cache is. Bounded and small: when
+// full it is cleared (the refs that use handles hold their own copies, so
+// clearing only costs re-creating a handle when a name is resolved anew).
 class HandleCache {
  public:
-  explicit HandleCache(size_t capacity = 1 << 20) : capacity_(capacity) {}
-  std::shared_ptr<const FileHandle> get(const Identity& id);
-  void put(const Identity& id, std::shared_ptr<const FileHandle> h);
+  explicit HandleCache(size_t capacity = 1 << 16) : capacity_(capacity) {}
+  std::optional<FileHandle> get(const Identity& id);
+  void put(const Identity& id, const FileHandle& h);
   void erase(const Identity& id);
   size_t size() const;
   const HandleCacheStats& stats() const { return stats_; }
@@ -78,7 +105,7 @@ class HandleCache {
  private:
   const size_t capacity_;
   mutable std::mutex mu_;  // leaf lock
-  std::unordered_map<Identity, std::shared_ptr<const FileHandle>, IdentityHash> map_;  // guarded by mu_
+  std::unordered_map<Identity, FileHandle, IdentityHash> map_;  // guarded by mu_
   HandleCacheStats stats_;
 };
 
@@ -128,15 +155,16 @@ class Layer {
   // Waits until no change is in flight; false on timeout.
   bool wait_quiet(std::chrono::milliseconds timeout);
 
-  // statx + handle of `name` in the open directory `dirfd`, whose layer path is
-  // dir_rel. The handle comes from the cache when the identity is known;
-  // otherwise it is taken between two statx calls that must agree, so a name
-  // replaced meanwhile never pairs one object's identity with another's handle.
-  Result<LayerRef> resolve_at(int dirfd, const std::string& dir_rel, const std::string& name);
+  // statx + handle of `name` in the open directory `dirfd`. The handle comes
+  // from the cache when the identity is known; otherwise it is taken between
+  // two statx calls that must agree, so a name replaced meanwhile never pairs
+  // one object's identity with another's handle.
+  Result<LayerRef> resolve_at(int dirfd, const std::string& name);
   // The same for a path beneath the root, resolved without following symlinks.
   Result<LayerRef> resolve(const std::string& rel);
   // Opens what ref's handle denotes (the upstream way: no ESTALE handling).
-  Result<UniqueFd> open_handle(const LayerRef& ref, int flags);
+  // `rel` names it in errors only.
+  Result<UniqueFd> open_handle(const LayerRef& ref, int flags, std::string_view rel = {});
   // Opens rel beneath the root: openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS,
   // O_NOFOLLOW: always the object currently at that path. A path longer than
   // the kernel's PATH_MAX is walked in pieces, each beneath the last.

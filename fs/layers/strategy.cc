@@ -12,7 +12,7 @@ namespace {
 class NoneStrategy final : public HandleStrategy {
  public:
   std::string_view name() const override { return "none"; }
-  Result<UniqueFd> open(Layer& layer, LayerRef& ref, int flags) const override {
+  Result<UniqueFd> open(Layer& layer, LayerRef& ref, const PathOf&, int flags) const override {
     return layer.open_handle(ref, flags);
   }
   bool revalidates() const override { return false; }
@@ -23,16 +23,17 @@ class NoneStrategy final : public HandleStrategy {
 // re-resolved from its path. A file's ESTALE goes up: its node is retired and
 // the kernel's re-walk meets the file's new node (see union_fs.h), so a node's
 // pages never mix two objects.
-Result<UniqueFd> open_recovering(Layer& layer, LayerRef& ref, int flags, StrategyStats* stats) {
+Result<UniqueFd> open_recovering(Layer& layer, LayerRef& ref, const PathOf& path, int flags, StrategyStats* stats) {
   auto fd = layer.open_handle(ref, flags);
   if (fd.err() != ESTALE) return fd;
   layer.cache().erase(ref.id);
   if (ref.type != S_IFDIR) return fd;
-  auto fresh = layer.resolve(ref.path);
+  const std::string rel = path();
+  auto fresh = layer.resolve(rel);
   if (!fresh.ok()) {
     if (fresh.err() == ENOENT || fresh.err() == ENOTDIR || fresh.err() == ELOOP) {
       stats->recovered_gone++;
-      return Error::from_errno(ENOENT, "recovering " + layer.name() + ":/" + ref.path + ": gone");
+      return Error::from_errno(ENOENT, "recovering " + layer.name() + ":/" + rel + ": gone");
     }
     return fresh.error();
   }
@@ -47,8 +48,8 @@ class RecoverStrategy final : public HandleStrategy {
   RecoverStrategy(std::string_view name, bool invalidates, StrategyStats* stats)
       : name_(name), invalidates_(invalidates), stats_(stats) {}
   std::string_view name() const override { return name_; }
-  Result<UniqueFd> open(Layer& layer, LayerRef& ref, int flags) const override {
-    return open_recovering(layer, ref, flags, stats_);
+  Result<UniqueFd> open(Layer& layer, LayerRef& ref, const PathOf& path, int flags) const override {
+    return open_recovering(layer, ref, path, flags, stats_);
   }
   // auto learns of directory changes from B's events; re-checking every
   // loaded directory on each lookup as A does would be the same work twice.
@@ -67,7 +68,7 @@ class RecoverStrategy final : public HandleStrategy {
 class InvalidateStrategy final : public HandleStrategy {
  public:
   std::string_view name() const override { return "B"; }
-  Result<UniqueFd> open(Layer& layer, LayerRef& ref, int flags) const override {
+  Result<UniqueFd> open(Layer& layer, LayerRef& ref, const PathOf&, int flags) const override {
     return layer.open_handle(ref, flags);
   }
   bool revalidates() const override { return false; }
@@ -77,12 +78,13 @@ class InvalidateStrategy final : public HandleStrategy {
 class PathStrategy final : public HandleStrategy {
  public:
   std::string_view name() const override { return "C"; }
-  Result<UniqueFd> open(Layer& layer, LayerRef& ref, int flags) const override {
-    auto fd = layer.open_path(ref.path, flags);
+  Result<UniqueFd> open(Layer& layer, LayerRef& ref, const PathOf& path, int flags) const override {
+    const std::string rel = path();
+    auto fd = layer.open_path(rel, flags);
     // A file's object gone from its path is as stale as a stale handle: the
     // union retires the node and the kernel's re-walk answers for the name.
     if (fd.err() == ENOENT && ref.type != S_IFDIR)
-      return Error::from_errno(ESTALE, layer.name() + ":/" + ref.path + " is gone");
+      return Error::from_errno(ESTALE, layer.name() + ":/" + rel + " is gone");
     if (!fd.ok()) return fd;
     auto stx = statx_at(fd->get(), "");
     if (!stx.ok()) return stx.error();
@@ -94,7 +96,7 @@ class PathStrategy final : public HandleStrategy {
       ref.id = now;
       return fd;
     }
-    return Error::from_errno(ESTALE, layer.name() + ":/" + ref.path + " is another object now");
+    return Error::from_errno(ESTALE, layer.name() + ":/" + rel + " is another object now");
   }
   bool revalidates() const override { return true; }
   bool invalidates() const override { return false; }

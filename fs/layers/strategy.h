@@ -14,6 +14,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -28,13 +29,19 @@ struct StrategyStats {
   std::atomic<uint64_t> identity_changes{0}; // recoveries that found a different object
 };
 
+// Where a ref's object is beneath its layer's root, computed only when a
+// strategy needs it (C on every use, A on recovery): refs hold no paths.
+using PathOf = std::function<std::string()>;
+
 class HandleStrategy {
  public:
   virtual ~HandleStrategy() = default;
   virtual std::string_view name() const = 0;
-  // Opens what `ref` denotes in `layer`. May replace *ref (a re-resolved
-  // handle); the caller holds the lock guarding ref. Thread-safe otherwise.
-  virtual Result<UniqueFd> open(Layer& layer, LayerRef& ref, int flags) const = 0;
+  // Opens what `ref` denotes in `layer`. May replace *ref (a directory's
+  // re-resolved handle or identity); the caller holds the lock guarding ref.
+  // A file's ESTALE (or, for C, another object at its path) is returned:
+  // the union retires its node. Thread-safe otherwise.
+  virtual Result<UniqueFd> open(Layer& layer, LayerRef& ref, const PathOf& path, int flags) const = 0;
   // Whether a loaded directory is re-checked against its backing directories
   // on lookup and readdir, and a name whose backing object changed gets a new
   // node id. Upstream (none) loads a directory once.

@@ -1,8 +1,8 @@
 // UnionFs: the merged view of the layers (upper, CL, lower), addressed by node
-// id the way the FUSE low-level API is. It owns the node table, the per-path
-// stable inode numbers, the directory children caches, copy-up and whiteouts.
-// It knows nothing of FUSE: the adapter in fs/fuse turns its Results into
-// replies, and every handle use goes through the current HandleStrategy.
+// id the way the FUSE low-level API is. It owns the node tree, the directory
+// children caches, copy-up and whiteouts. It knows nothing of FUSE: the
+// adapter in fs/fuse turns its Results into replies, and every handle use
+// goes through the current HandleStrategy.
 //
 // Upstream fidelity (strategy none): a directory's children are loaded once
 // and later lookups are answered from that cache with the same node id; the
@@ -18,21 +18,37 @@
 // path again (LOOKUP_REVAL) and meets the new node, so callers never see it.
 // (Directories have no pages: their refs are re-pointed instead.)
 //
-// Locking: mu_ guards the node table, every node's refs and children, and the
-// path->ino map. It is held across local syscalls on layer directories but
-// never across LayerHooks (network) nor while replying. Lock order:
-// UnionFs::mu_ -> HandleCache::mu_ (leaf).
+// Scale. A node holds its name relative to its parent and one small LayerRef
+// per layer it is in (no paths, no per-path maps): paths are computed from
+// the tree when a strategy or a hook needs one. Inode numbers are per node
+// and a name's new node inherits its predecessor's, so a path keeps its
+// number across replacements for as long as its directory is cached.
+//
+// Locking (docs/locks.md). tree_mu_ is a reader-writer lock: requests that
+// only read the namespace (lookup, getattr, open for reading, readdir,
+// xattr reads) hold it shared and run in parallel; requests that change the
+// namespace or a node's layers (create, unlink, rename, copy-up's commit,
+// setattr, xattr writes, layer change events, strategy switches) hold it
+// exclusively, and only for their metadata work: no network and no data
+// copying ever happens under it (copy-up copies into a temporary file first).
+// Under the shared lock, a directory's children and load state are guarded by
+// its stripe of dir_mu_ and a node's refs by its stripe of ref_mu_; the node
+// table by its shard's mutex. Order: tree_mu_ -> dir_mu_ -> ref_mu_ ->
+// table shards, prepared_mu_, links_mu_, open_mu_ (leaves) -> HandleCache::mu_.
+// No dir_mu_ stripe is held while another is taken.
 #pragma once
 
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -40,8 +56,8 @@
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "fs/layers/layer.h"
-#include "fs/layers/strategy.h"
 #include "fs/layers/layer_change.h"
+#include "fs/layers/strategy.h"
 
 namespace antares::fs {
 
@@ -90,13 +106,17 @@ struct UnionStats {
   // ESTALE for the kernel to re-walk (not counted in estale[]).
   std::atomic<uint64_t> retired_nodes{0};
   std::atomic<uint64_t> change_races{0};  // B: ESTALE met during a change, retried after its invalidation
-  std::atomic<uint64_t> nodes{0};
+  std::atomic<uint64_t> nodes{0};         // nodes the kernel holds
+  std::atomic<uint64_t> tree_nodes{0};    // nodes alive (the kernel's and the cached children)
+  // Layer change events that named something the union already showed as it
+  // is (its own writes seen by the upper watcher): nothing to drop or tell.
+  std::atomic<uint64_t> changes_already_known{0};
 };
 
 // A kernel cache entry to drop, queued by strategy B (see Invalidator).
 struct KernelInvalidation {
   enum class Kind { inode, entry } kind = Kind::inode;
-  NodeId node{0};  // inode: the node; entry: the parent
+  NodeId node{0};  // inode: the node (attributes, pages, a directory's listing); entry: the parent
   std::string name;
 };
 
@@ -137,6 +157,7 @@ class UnionFs {
   Result<UniqueFd> open(NodeId node, int flags, OpenDetails* details = nullptr);
   Result<std::pair<Entry, UniqueFd>> create(NodeId parent, const std::string& name, mode_t mode, int flags,
                                             const Caller& c);
+
   // The adapter's open files of a node, between a successful open or create
   // and the release: when a node's names are gone or its object was
   // replaced, an open fd is the only way left to reach its object (fstat of
@@ -144,8 +165,11 @@ class UnionFs {
   void track_open(NodeId node, int fd, const OpenDetails& d);
   void track_close(NodeId node, int fd);
 
-  // The merged listing ("." and ".." first), for one opendir.
-  Result<std::vector<DirEntry>> opendir(NodeId node);
+  // Opening a directory: runs its layers' hooks and checks it (upstream
+  // re-opens the directory's handle here, so ESTALE shows up at opendir).
+  Status opendir(NodeId node);
+  // The merged listing ("." and ".." first), sorted by name.
+  Result<std::vector<DirEntry>> readdir(NodeId node);
   Result<struct statvfs> statfs();
 
   Result<std::string> getxattr(NodeId node, const std::string& name);
@@ -155,19 +179,23 @@ class UnionFs {
 
   // Strategy B: a layer's owner changed these paths in layer `layer`. Drops
   // affected handles and cached children now, and returns what the kernel
-  // must be told (the caller sends it from a thread holding no lock).
+  // must be told (the caller sends it from a thread holding no lock): only
+  // names and nodes the kernel may hold, only for what really changed.
   std::vector<KernelInvalidation> on_layer_change(size_t layer, const std::vector<LayerChange>& changes);
   // Switching strategy: forget every cached handle and loaded directory so a
-  // fix heals nodes that already went stale under none.
-  void drop_caches();
+  // fix heals nodes that already went stale under none. Returns what the
+  // kernel must drop: every inode it holds (cached listings, pages and
+  // attributes may date from a strategy that no longer invalidates them).
+  std::vector<KernelInvalidation> drop_caches();
 
-  // Called (under the union lock; must be quick and take only leaf locks)
-  // each time an upper-layer directory is read, so a watcher can follow it.
+  // Called (no union lock held but a dir_mu_ stripe may be; must be quick and
+  // take only leaf locks) each time an upper-layer directory is read, so a
+  // watcher can follow it.
   void set_upper_dir_observer(std::function<void(const std::string&)> f) { upper_dir_observer_ = std::move(f); }
 
-  // Called (under the union lock; must only queue work) when a directory
-  // node was re-pointed at a new directory (a recovery), so the kernel can be
-  // told to drop what it cached for it.
+  // Called (under union locks; must only queue work) when a directory node
+  // was re-pointed at a new directory (a recovery), so the kernel can be told
+  // to drop what it cached for it.
   void set_identity_observer(std::function<void(NodeId)> f) { identity_observer_ = std::move(f); }
 
   const UnionStats& stats() const { return stats_; }
@@ -176,24 +204,57 @@ class UnionFs {
 
  private:
   struct Node;
+  struct DirState;
   using NodePtr = std::shared_ptr<Node>;
-  struct Locked;
+  using Shared = std::shared_lock<std::shared_mutex>;
+  using Exclusive = std::unique_lock<std::shared_mutex>;
+  // A node's ref in one layer, copied out of it under its ref_mu_ stripe.
+  struct TopRef {
+    size_t layer = 0;
+    LayerRef ref;
+  };
+  // A regular file's content, copied into a temporary file in its upper
+  // directory with no union lock held, for copy_up to rename into place.
+  struct PreparedCopy {
+    std::string tmp;   // name in the upper directory
+    Identity source;   // the object it was copied from
+  };
 
-  NodePtr find(NodeId id) const;  // requires mu_
-  Result<Entry> lookup_once(NodeId parent, const std::string& name);
-  Result<Entry> link_locked(NodeId node, NodeId new_parent, const std::string& new_name);
-  Status rename_locked(NodeId parent, const std::string& name, NodeId new_parent, const std::string& new_name,
-                       unsigned flags);
-  Result<struct stat> setattr_locked(NodeId node, const struct stat& attr, int to_set, int fd);
-  Status setxattr_locked(NodeId node, const std::string& name, const std::string& value, int flags);
-  Status removexattr_locked(NodeId node, const std::string& name);
-  Result<struct stat> getattr_once(NodeId node);
-  Status access_once(NodeId node, int mask);
-  Result<std::string> readlink_once(NodeId node);
-  Result<UniqueFd> open_once(NodeId node, int flags, OpenDetails* details);
-  Result<std::vector<DirEntry>> opendir_once(NodeId node);
-  Result<std::string> getxattr_once(NodeId node, const std::string& name);
-  Result<std::string> listxattr_once(NodeId node);
+  // --- the node tree -------------------------------------------------------
+  NodePtr find(NodeId id) const;
+  NodePtr new_node(const NodePtr& parent, const std::string& name, bool is_dir, uint64_t ino = 0);
+  std::string path_of(const Node& n) const;       // beneath the layer roots; "" is the root
+  std::string path_of(const NodePtr& n) const { return path_of(*n); }
+  std::mutex& dir_mu(const Node& n) const;
+  std::mutex& ref_mu(const Node& n) const;
+  std::optional<TopRef> top_ref(const NodePtr& n) const;
+  std::optional<LayerRef> ref_at(const NodePtr& n, size_t layer) const;
+  void set_ref(const NodePtr& n, size_t layer, std::optional<LayerRef> ref);
+  int top_layer(const NodePtr& n) const;
+  bool has_lower(const NodePtr& n) const;  // a ref below the upper layer
+  // The node at union path `path`, from the root: loading directories as
+  // needed (load) or only through what is cached. Requires tree_mu_.
+  Result<NodePtr> walk(const std::string& path, bool load);
+  Result<NodePtr> child(const NodePtr& parent, const std::string& name);  // requires tree_mu_
+  NodePtr cached_child(const NodePtr& dir, const std::string& name);      // requires tree_mu_
+  // The entry `name` of dir becomes c (its primary name or an alias).
+  void put_child(const NodePtr& dir, const std::string& name, const NodePtr& c);  // requires tree_mu_ exclusive
+  void erase_child(const NodePtr& dir, const std::string& name);                  // requires tree_mu_ exclusive
+  Status load_children(const NodePtr& dir);    // requires tree_mu_ and dir_mu(dir)
+  Status ensure_children(const NodePtr& dir);  // requires tree_mu_; takes dir_mu(dir)
+  bool children_stale(const NodePtr& dir);     // requires dir_mu(dir)
+  void invalidate_children(const NodePtr& dir);
+  bool kernel_knows(const NodePtr& n) const;
+  Result<Entry> entry_for(const NodePtr& n, Op op);  // requires tree_mu_
+  Status run_dir_hooks(NodeId node);                  // no union lock held
+
+  // --- handles and the strategy ----------------------------------------------
+  Result<UniqueFd> open_ref(const NodePtr& n, size_t layer, int flags, Op op);  // requires tree_mu_
+  Result<UniqueFd> open_top(const NodePtr& n, int flags, Op op);
+  // The ESTALE of a handle use: the fixes retire the node, none logs the bug.
+  void on_estale(const NodePtr& n, size_t layer, Op op);
+  void retire(const NodePtr& n);
+  bool fixes() const;
   // Changes the layers' owners completed so far, all layers together.
   uint64_t changes_completed() const;
   // Strategy B: whether an ESTALE raced a change being applied (then waits for it).
@@ -206,72 +267,87 @@ class UnionFs {
     if (should_retry_after_change(r.err(), before)) r = op();
     return r;
   }
-  // The node at union path `path`, from the root: loading directories as
-  // needed (load) or only through what is cached; requires mu_.
-  Result<NodePtr> walk_locked(const std::string& path, bool load);
-  // The node's top object, opened through the strategy; requires mu_.
-  Result<UniqueFd> open_top_locked(NodeId node, int flags, Op op, NodePtr* out = nullptr);
-  NodePtr new_node(const std::string& path, bool is_dir);
-  uint64_t ino_for(const std::string& path);
-  Result<NodePtr> child_locked(const NodePtr& parent, const std::string& name);
-  Status load_children(const NodePtr& dir);
-  // Loads dir's children if not loaded, or reloads them if the strategy
-  // re-checks directories and a layer directory changed. Requires mu_.
-  Status ensure_children(const NodePtr& dir);
-  bool children_stale(const NodePtr& dir);
-  Result<UniqueFd> open_ref(const NodePtr& n, size_t layer, int flags, Op op);
-  Result<struct stat> stat_locked(const NodePtr& n, Op op);
-  Result<Entry> entry_for(const NodePtr& n, Op op);
-  Status run_dir_hooks(NodeId node);
-  Status copy_up(const NodePtr& n);
-  // Fetches the content a copy-up of (parent, name) or node will need, with
-  // no lock held; ops that copy up run after it (see with_content).
-  Status prefetch_for_copy_up(const NodePtr& n);
+  void log_estale(const NodePtr& n, size_t layer, Op op);
+
+  // --- attributes --------------------------------------------------------------
+  Result<struct stat> stat_node(const NodePtr& n, Op op);  // requires tree_mu_
+  void present(struct stat& st, const NodePtr& n, bool read_only_layer);
+  int open_fd(const NodePtr& n, bool* read_only_layer) const;
+
+  // --- copy-up -------------------------------------------------------------------
+  // Fetches a regular file's content (network) and copies it into a
+  // temporary file in its upper directory, with no union lock held; copy_up
+  // then only renames it into place. Makes the upper directories first.
+  Status prepare_copy_up(NodeId node);
+  Status prepare_copy_up(NodeId parent, const std::string& name);
+  Status prepare_copy_up_node(const NodePtr& n);
   template <class F>
   auto with_content(NodeId node, F&& op);
   template <class F>
   auto with_content(NodeId parent, const std::string& name, F&& op);
-  // The node's object is gone or replaced: a fix retires it (see the class
-  // comment) and makes the names it had load afresh. Requires mu_.
-  void retire(const NodePtr& n);
-  // The ESTALE of a handle use: the fixes retire the node, none logs the bug.
-  void on_estale(const NodePtr& n, size_t layer, Op op);
-  // stat of the node's object as the union reports it. Requires mu_.
-  void present(struct stat& st, const NodePtr& n, bool read_only_layer) const;
-  // An fd the adapter holds open on n (-1 if none), and its layer kind. Requires mu_.
-  int open_fd(const NodePtr& n, bool* read_only_layer) const;
-  // A directory's link count as the union knows it. Requires mu_.
-  static struct stat finish_stat(struct stat st, const NodePtr& n);
-  // Hard links: a node may have more names than its path (aliases).
-  void add_name(const NodePtr& n, const std::string& path);
-  // Removes one name; the node keeps another or, with none left, its refs go.
-  void drop_name(const NodePtr& n, const std::string& path);
-  // Renames one name of n (and the names beneath it, for directories).
-  void move_name(const NodePtr& n, const std::string& from, const std::string& to);
-  // Owner and exact mode of a just-created upper object (see Caller).
-  Status own_new(int upper_dir_fd, const std::string& name, mode_t mode, const Caller& c);
-  Result<UniqueFd> upper_dir(const NodePtr& dir);  // copies the dir chain up as needed
+  Status copy_up(const NodePtr& n);                  // requires tree_mu_ exclusive
+  Result<UniqueFd> upper_dir(const NodePtr& dir);    // copies the dir chain up as needed; exclusive
+  Status copy_data(int in, int out, const std::string& what);
+
+  // --- names ---------------------------------------------------------------------
   Result<bool> lower_has(const NodePtr& parent, const std::string& name);
   Status whiteout(const NodePtr& parent, const std::string& name);
   Status clear_upper_name(int upper_dir_fd, const std::string& name, bool* was_whiteout);
   Result<Entry> finish_create(const NodePtr& parent, const std::string& name, int upper_dir_fd, mode_t mode,
                               const Caller& c, bool opaque);
-  void log_estale(const NodePtr& n, size_t layer, Op op, const std::string& path);
+  Status own_new(int upper_dir_fd, const std::string& name, mode_t mode, const Caller& c);
+  // Hard links: a node may have more names than its primary (aliases, under
+  // links_mu_); the directories hold those names in DirState::aliases.
+  void add_name(const NodePtr& n, const NodePtr& parent, const std::string& name);
+  // Removes one name; the node keeps another or, with none left, its refs go.
+  void drop_name(const NodePtr& n, const NodePtr& parent, const std::string& name);
+  // Moves one name of n.
+  void move_name(const NodePtr& n, const NodePtr& from_parent, const std::string& from, const NodePtr& to_parent,
+                 const std::string& to);
+
+  // --- the operations' bodies ----------------------------------------------------
+  Result<Entry> lookup_once(NodeId parent, const std::string& name);
+  Result<struct stat> getattr_once(NodeId node);
+  Status access_once(NodeId node);
+  Result<std::string> readlink_once(NodeId node);
+  Result<UniqueFd> open_once(NodeId node, int flags, OpenDetails* details);
+  Status opendir_once(NodeId node);
+  Result<std::string> getxattr_once(NodeId node, const std::string& name);
+  Result<std::string> listxattr_once(NodeId node);
+  Result<Entry> link_locked(NodeId node, NodeId new_parent, const std::string& new_name);
+  Status rename_locked(NodeId parent, const std::string& name, NodeId new_parent, const std::string& new_name,
+                       unsigned flags);
+  Result<struct stat> setattr_locked(NodeId node, const struct stat& attr, int to_set, int fd);
+  Status setxattr_locked(NodeId node, const std::string& name, const std::string& value, int flags);
+  Status removexattr_locked(NodeId node, const std::string& name);
+  template <class MakeFn>
+  Result<Entry> create_common(NodeId parent, const std::string& name, const Caller& c, MakeFn&& make,
+                              bool whiteout_makes_opaque);
 
   std::vector<std::unique_ptr<Layer>> layers_;
   StrategySlot& strategy_;
-  mutable std::mutex mu_;
-  std::unordered_map<uint64_t, NodePtr> nodes_;           // guarded by mu_: nodes the kernel knows
-  std::unordered_map<std::string, uint64_t> path_ino_;    // guarded by mu_
-  // Upper objects with more than one name, by identity: every name of a hard
-  // link is the same node (one inode number, one page cache). Guarded by mu_.
-  std::unordered_map<Identity, std::weak_ptr<Node>, IdentityHash> upper_links_;
-  // track_open: node id -> (fd, read-only layer). Guarded by mu_.
-  std::unordered_map<uint64_t, std::vector<std::pair<int, bool>>> open_files_;
-  uint64_t next_node_ = 2;                                // guarded by mu_
-  uint64_t next_ino_ = 2;                                 // guarded by mu_
+  mutable std::shared_mutex tree_mu_;
+  mutable std::array<std::mutex, 64> dir_mu_;
+  mutable std::array<std::mutex, 64> ref_mu_;
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<uint64_t, NodePtr> nodes;  // the nodes the kernel holds
+  };
+  mutable std::array<Shard, 16> table_;
+  std::atomic<uint64_t> next_node_{2};
+  std::atomic<uint64_t> next_ino_{2};
   NodePtr root_;
   UnionStats stats_;
+  // Upper objects with more than one name, by identity: every name of a hard
+  // link is the same node (one inode number, one page cache).
+  std::mutex links_mu_;
+  std::unordered_map<Identity, std::weak_ptr<Node>, IdentityHash> upper_links_;  // guarded by links_mu_
+  // track_open: node id -> (fd, read-only layer).
+  mutable std::mutex open_mu_;
+  std::unordered_map<uint64_t, std::vector<std::pair<int, bool>>> open_files_;  // guarded by open_mu_
+  // prepare_copy_up -> copy_up, by node id.
+  std::mutex prepared_mu_;
+  std::unordered_map<uint64_t, PreparedCopy> prepared_;  // guarded by prepared_mu_
   std::function<void(const std::string&)> upper_dir_observer_;
   std::function<void(NodeId)> identity_observer_;
 };

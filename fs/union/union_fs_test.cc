@@ -79,7 +79,7 @@ class UnionTest : public ::testing::Test {
 
   std::vector<std::string> names(NodeId dir) {
     std::vector<std::string> out;
-    auto entries = fs_->opendir(dir);
+    auto entries = fs_->readdir(dir);
     EXPECT_TRUE(entries.ok());
     if (entries.ok())
       for (auto& e : *entries) out.push_back(e.name);
@@ -482,15 +482,17 @@ TEST(HandleCacheTest, HitsMissesAndBound) {
   auto h = FileHandle::of(fd, "");
   ASSERT_TRUE(h.ok());
   Identity i1{1, 2, 3}, i2{4, 5, 6}, i3{7, 8, 9};
-  EXPECT_EQ(c.get(i1), nullptr);
+  EXPECT_FALSE(c.get(i1).has_value());
   c.put(i1, *h);
-  EXPECT_EQ(c.get(i1), *h);
+  auto hit = c.get(i1);
+  ASSERT_TRUE(hit.has_value());
+  EXPECT_TRUE(*hit == *h);
   c.put(i2, *h);
   c.put(i3, *h);  // over capacity: cleared, then inserted
   EXPECT_EQ(c.size(), 1u);
   EXPECT_EQ(c.stats().hits.load(), 1u);
   EXPECT_EQ(c.stats().misses.load(), 1u);
-  auto opened = (*h)->open(fd, O_RDONLY | O_DIRECTORY);
+  auto opened = h->open(fd, O_RDONLY | O_DIRECTORY);
   EXPECT_TRUE(opened.ok());
   ::close(fd);
 }
