@@ -77,9 +77,40 @@ Daemon::~Daemon() {
     stopping_ = true;
   }
   poll_cv_.notify_all();
-  // The store's prefetch workers call the listener, which reaches fs_ and the
-  // invalidator: they stop before any member dies.
+  // The store's checks and prefetch workers call the listener, which reaches
+  // fs_ and the invalidator: they stop before any member dies.
+  stop_lower_checks();
   if (lower_) lower_->stop_prefetch();
+}
+
+bool Daemon::start_lower_checks() {
+  if (!lower_ || lower_->options().refresh != RefreshMode::merkle || lower_checks_.joinable()) return false;
+  {
+    std::lock_guard lk(poll_mu_);
+    checks_stop_ = false;
+  }
+  // A quarter of the TTL: a check is due at most that long before it runs,
+  // and a wake-up that finds it not due costs one lock.
+  const auto period = std::max<std::chrono::milliseconds>(opts_.ttl / 4, std::chrono::milliseconds(10));
+  lower_checks_ = std::thread([this, period] {
+    std::unique_lock lk(poll_mu_);
+    while (!poll_cv_.wait_for(lk, period, [&] { return checks_stop_; })) {
+      lk.unlock();
+      if (lower_->check_due()) lower_checks_run_++;
+      lk.lock();
+    }
+  });
+  return true;
+}
+
+void Daemon::stop_lower_checks() {
+  if (!lower_checks_.joinable()) return;
+  {
+    std::lock_guard lk(poll_mu_);
+    checks_stop_ = true;
+  }
+  poll_cv_.notify_all();
+  lower_checks_.join();
 }
 
 std::optional<StartupError> Daemon::prepare() {
@@ -169,10 +200,14 @@ std::optional<StartupError> Daemon::prepare() {
 void Daemon::apply_strategy(const HandleStrategy* s) {
   slot_->set(s);
   if (s->invalidates()) {
-    // Names are trusted as long as the listing that produced them is fresh, so
-    // the kernel's lookups still drive the lower layer's TTL refresh; what the
-    // refresh changes is invalidated, so attributes and pages can live long.
-    timeouts_.entry = std::max(opts_.entry_timeout, std::chrono::duration<double>(opts_.ttl).count());
+    // What a refresh changes is invalidated, so attributes and pages can live
+    // long. Names: under merkle the background check (start_lower_checks)
+    // finds every change in every listed directory whether or not the kernel
+    // asks, so they live long too; under per-dir the kernel's lookups drive
+    // the refresh, so a name is trusted as long as its listing is fresh.
+    const bool merkle = opts_.refresh == "merkle";
+    timeouts_.entry = std::max(opts_.entry_timeout,
+                               merkle ? opts_.long_timeout : std::chrono::duration<double>(opts_.ttl).count());
     timeouts_.attr = std::max(opts_.attr_timeout, opts_.long_timeout);
     timeouts_.keep_cache = true;
   } else {
@@ -259,6 +294,7 @@ nlohmann::json Daemon::status_json() {
             {"listings_prefetch", ls.listings_prefetch.load()},
             {"dir_hash_checks", ls.dir_hash_checks.load()},
             {"dir_hash_unchanged", ls.dir_hash_unchanged.load()},
+            {"background_checks", lower_checks_run_.load()},
             {"dirs_loaded", ls.dirs_loaded.load()},
             {"dirs_damaged", ls.dirs_damaged.load()},
             {"blobs_from_cache", ls.blobs_from_cache.load()},
@@ -326,6 +362,9 @@ void Daemon::register_metrics() {
   m.counter_fn("antares_lower_dir_hash_checks_total", "dir-hash checks of / (merkle refresh), by outcome",
                [&ls] { return ls.dir_hash_checks.load() - std::min(ls.dir_hash_checks.load(), ls.dir_hash_unchanged.load()); },
                {{"result", "changed_or_failed"}});
+  m.counter_fn("antares_lower_background_checks_total",
+               "Merkle checks run by the daemon's ticker (not by a request) because the TTL had passed",
+               [this] { return lower_checks_run_.load(); });
   m.counter_fn("antares_lower_dirs_loaded_total", "lower directories read back from the kept mirror",
                [&ls] { return ls.dirs_loaded.load(); });
   m.counter_fn("antares_lower_dirs_damaged_total", "kept lower directories whose state was unusable (listed again)",
@@ -457,6 +496,7 @@ int Daemon::serve(const ReadyFn& ready) {
     return fail_early(kExitMountpoint, "cannot mount at " + opts_.mountpoint + " (see the message above)");
   }
   invalidator_.start(se);
+  start_lower_checks();
   if (auto st = watcher_.start(opts_.upper, {nullptr, [this](const std::vector<LayerChange>& c) { on_change(0, c); }}); !st.ok())
     log::warn("upper_watch_unavailable", {{"error", st.error().describe()}});
   else {
@@ -527,6 +567,8 @@ int Daemon::serve(const ReadyFn& ready) {
   }
   poll_cv_.notify_all();
   if (poller.joinable()) poller.join();
+  stop_lower_checks();
+  lower_->stop_prefetch();  // no listener call after the invalidator stops
   if (control.ok()) control->reset();
   watcher_.stop();
   invalidator_.stop();

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -69,6 +70,17 @@ class Daemon {
   nlohmann::json status_json();
   std::string metrics_text();
   const KernelTimeouts& timeouts() const { return timeouts_; }
+
+  // Merkle refresh: a thread that runs the lower store's check once per TTL
+  // (LowerStore::check_due), so every change upstream is found and
+  // invalidated even if no request reaches the directory: the kernel's
+  // entries and attributes may then live long under an invalidating
+  // strategy. serve() starts it once the invalidator runs and stops it
+  // before the invalidator; the destructor stops it too. per-dir: no thread
+  // (requests drive the refresh, so entries live a TTL). True if it started
+  // the thread (false under per-dir or if it runs already).
+  bool start_lower_checks();
+  void stop_lower_checks();
   const DaemonOptions& options() const { return opts_; }
 
  private:
@@ -100,6 +112,9 @@ class Daemon {
   std::mutex poll_mu_;
   std::condition_variable poll_cv_;
   bool stopping_ = false;  // guarded by poll_mu_
+  bool checks_stop_ = false;  // guarded by poll_mu_
+  std::thread lower_checks_;
+  std::atomic<uint64_t> lower_checks_run_{0};
 };
 
 // The antares-fs program: parses argv, sets up logging, validates, prepares,

@@ -10,8 +10,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "fs/lower/mirror_fs.h"
+#include "mock-mega/admin_client.h"
 #include "mock-mega/server.h"
 #include "testing/subprocess.h"
 
@@ -52,6 +54,7 @@ TEST_F(DaemonTest, StrategySwitchesAnswerTheCanonicalNameAndSetKernelTimeouts) {
   o.long_timeout = 60;
   o.ttl = std::chrono::seconds(5);
   o.strategy = "none";
+  o.refresh = "per-dir";  // merkle: KernelTimeoutsFollowTheRefreshMode
   Daemon d(o);
   auto e = d.prepare();
   ASSERT_FALSE(e) << e->message;
@@ -73,6 +76,81 @@ TEST_F(DaemonTest, StrategySwitchesAnswerTheCanonicalNameAndSetKernelTimeouts) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.err(), EINVAL);
   EXPECT_EQ(d.status_json()["strategy"], "A");
+}
+
+// Under merkle the daemon's own check finds every change, so an invalidating
+// strategy keeps names long; under per-dir lookups drive the refresh, so
+// names live a TTL. Attributes live long under both.
+TEST_F(DaemonTest, KernelTimeoutsFollowTheRefreshMode) {
+  for (const char* refresh : {"merkle", "per-dir"}) {
+    DaemonOptions o = options();
+    o.entry_timeout = 1;
+    o.attr_timeout = 2;
+    o.long_timeout = 60;
+    o.ttl = std::chrono::seconds(5);
+    o.refresh = refresh;
+    o.prefetch = 0;
+    o.strategy = "none";
+    Daemon d(o);
+    auto e = d.prepare();
+    ASSERT_FALSE(e) << e->message;
+    EXPECT_DOUBLE_EQ(d.timeouts().entry.load(), 1) << refresh;
+    for (const char* s : {"B", "auto"}) {
+      ASSERT_TRUE(d.set_strategy(s).ok());
+      EXPECT_DOUBLE_EQ(d.timeouts().entry.load(), std::string(refresh) == "merkle" ? 60 : 5) << refresh << " " << s;
+      EXPECT_DOUBLE_EQ(d.timeouts().attr.load(), 60) << refresh << " " << s;
+    }
+    ASSERT_TRUE(d.set_strategy("none").ok());
+    EXPECT_DOUBLE_EQ(d.timeouts().entry.load(), 1) << refresh;
+  }
+}
+
+// The background check: a change upstream is found and applied once the TTL
+// has passed although nothing asks the store for a directory.
+TEST_F(DaemonTest, MerkleBackgroundCheckFindsChangesWithoutRequests) {
+  DaemonOptions o = options();
+  o.prefetch = 0;
+  o.strategy = "none";  // no kernel session here: nothing to invalidate
+  o.ttl = std::chrono::milliseconds(100);
+  Daemon d(o);
+  auto e = d.prepare();
+  ASSERT_FALSE(e) << e->message;
+  // A file the first listing mirrored: its inode is replaced by the check.
+  std::string file;
+  for (const auto& de : stdfs::directory_iterator(tmp_ / "cache/lower"))
+    if (de.is_regular_file() && de.path().filename().string().rfind(".antares-tmp", 0) != 0) file = de.path();
+  ASSERT_FALSE(file.empty());
+  struct stat before;
+  ASSERT_EQ(::stat(file.c_str(), &before), 0);
+  mock::AdminClient admin(server_->base_url());
+  const std::string rel = "/" + stdfs::path(file).filename().string();
+  ASSERT_TRUE(admin.mutate({{"mutations", nlohmann::json::array({{{"kind", "modify"}, {"path", rel}}})}}).ok());
+  EXPECT_TRUE(d.start_lower_checks());
+  EXPECT_FALSE(d.start_lower_checks()) << "one thread";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  struct stat now = before;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (::stat(file.c_str(), &now) == 0 && now.st_ino != before.st_ino) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_NE(now.st_ino, before.st_ino) << "the check replaced the changed file";
+  auto s = d.status_json();
+  EXPECT_GE(s["lower"]["background_checks"].get<uint64_t>(), 1u) << s.dump();
+  EXPECT_GE(s["lower"]["listings_changed"].get<uint64_t>(), 1u) << s.dump();
+  EXPECT_GE(s["counters"]["layer_changes"].get<uint64_t>(), 1u) << s.dump();
+  d.stop_lower_checks();
+  d.stop_lower_checks();  // idempotent
+}
+
+TEST_F(DaemonTest, PerDirRunsNoBackgroundCheck) {
+  DaemonOptions o = options();
+  o.refresh = "per-dir";
+  o.prefetch = 0;
+  Daemon d(o);
+  auto e = d.prepare();
+  ASSERT_FALSE(e) << e->message;
+  EXPECT_FALSE(d.start_lower_checks()) << "requests drive per-dir: no thread";
+  EXPECT_EQ(d.status_json()["lower"]["background_checks"].get<uint64_t>(), 0u);
 }
 
 TEST_F(DaemonTest, RefreshRefusesPathsOutsideTheMount) {

@@ -224,6 +224,46 @@ TEST_F(Merkle, ChangedFilesRelistExactlyTheListedDirectoriesOnTheirPaths) {
   expect_mirror_matches(mega, dir.path());
 }
 
+// What the daemon's background ticker calls: changes are found and reported
+// with no ensure_dir at all, once per TTL.
+TEST_F(Merkle, CheckDueFindsChangesWithoutAnyCaller) {
+  walk(store, dir.path());
+  Recorder rec;
+  store.set_listener(rec.listener());
+  const std::string f = sources_in_distinct_dirs(1)[0];
+  const ino_t ino = lstat_of(mirror(f))->st_ino;
+  ASSERT_TRUE(mega.mutate({{"kind", "modify"}, {"path", "/" + f}}));
+  const uint64_t before = requests();
+  EXPECT_FALSE(store.check_due()) << "not due within the TTL";
+  EXPECT_EQ(requests(), before);
+  clock.advance(kTtl);
+  EXPECT_TRUE(store.check_due());
+  EXPECT_EQ(requests() - before, dirs_on_path(f).size() + 1) << "the dir-hash and the listed dirs on the path";
+  EXPECT_NE(lstat_of(mirror(f))->st_ino, ino) << "replaced, as a caller's refresh would";
+  EXPECT_TRUE(rec.has(Kind::replaced, f));
+  EXPECT_EQ(rec.ends.load(), rec.begins.load());
+  EXPECT_FALSE(store.check_due()) << "fresh for another TTL";
+  clock.advance(kTtl);
+  EXPECT_TRUE(store.check_due());
+  EXPECT_EQ(requests() - before, dirs_on_path(f).size() + 2) << "unchanged: one dir-hash";
+}
+
+TEST(MerkleFake, CheckDueDoesNothingUnderPerDir) {
+  auto http = test::fake_mega();
+  remote::MegaClient client(test::fake_options(), http);
+  antares::testing::TempDir dir;
+  FakeClock clock;
+  LowerStoreOptions o = merkle_options();
+  o.refresh = RefreshMode::per_dir;
+  LowerStore store(client, dir.path(), o, clock);
+  http->add_file("/", "a.rs", "a");
+  ASSERT_TRUE(store.ensure_dir("").ok());
+  const int before = http->count("/api/");
+  clock.advance(kTtl);
+  EXPECT_FALSE(store.check_due());
+  EXPECT_EQ(http->count("/api/"), before) << "no request at all";
+}
+
 TEST_F(Merkle, DirectoriesNeverListedNeedNothing) {
   ASSERT_TRUE(store.ensure_dir("").ok());
   const std::string f = sources_in_distinct_dirs(1)[0];

@@ -463,6 +463,15 @@ Status LowerStore::ensure_dir_impl(const std::string& rel, Caller who) {
   return result;
 }
 
+bool LowerStore::check_due() {
+  if (root_fd_ < 0 || opts_.refresh != RefreshMode::merkle) return false;
+  std::unique_lock l(mu_);
+  const Clock::TimePoint start = clock_.now();
+  if (start < fresh_until_ && !check_flight_) return false;
+  check(l, start);
+  return true;
+}
+
 void LowerStore::check(std::unique_lock<std::mutex>& l, Clock::TimePoint start) {
   if (check_flight_) {
     (void)wait(l, check_flight_);  // a check never fails its waiters

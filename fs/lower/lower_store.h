@@ -202,6 +202,15 @@ class LowerStore {
   // ensure_dir checks the root's oid. Never blocks on HTTP.
   void expire(const std::string& rel_prefix);
 
+  // Merkle: if the TTL has passed since the last check, runs one now (the
+  // dir-hash of "/" and the re-lists it calls for, reported to the listener
+  // as any refresh is), so changes are found even when nobody asks for a
+  // directory: what lets the filesystem keep long kernel caches that are
+  // safe because every change is invalidated. Joins a check in progress.
+  // True if a check ran or was joined. per-dir: does nothing (false); its
+  // freshness is driven by callers. Thread-safe; blocks while fetching.
+  bool check_due();
+
   // The root's oid as the caller has just learned it from Mega (the daemon's
   // startup probe): counts as a check made now (merkle).
   void set_root_oid(const Oid& oid);
