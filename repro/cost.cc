@@ -52,6 +52,7 @@ std::vector<CostRow> run_cost(const Settings& s, const std::vector<std::string>&
     fo.attr_timeout = s.attr_timeout;
     fo.threads = s.fs_threads;
     fo.log_level = "warn";
+    if (!s.fs_refresh.empty()) fo.extra_args = {"--refresh", s.fs_refresh};
     if (progress) progress->status("[all] cost: mounting " + rows[i].strategy);
     auto fs = MountedFs::start(fo, (*mega)->url(), work);
     if (!fs) {

@@ -76,6 +76,7 @@ Options:
   --source-share X      share of sources lstat'ed and read (default 0.2)
   --fs-threads N        antares-fs --threads
   --fs-log-level L      antares-fs --log-level (default info)
+  --fs-refresh M        antares-fs --refresh: merkle or per-dir (default: antares-fs's, merkle)
   --mega URL            attach to this mock-mega instead of starting one
   --mountpoint M        attach to this mounted antares-fs (needs --mega); a run
                         with --strategy switches it and switches it back after
@@ -326,7 +327,7 @@ int real_main(int argc, char** argv) {
   bool sharded = false;
   enum {
     kStrategy = 1000, kRepeat, kDuration, kSoak, kTtl, kEntry, kAttr, kSlack, kHold, kSeed, kFiles, kCls, kEvery,
-    kCount, kCl, kThreads, kDirs, kShare, kFsThreads, kFsLog, kMega, kMount, kUpper, kRunDir, kRoot, kBin, kJson,
+    kCount, kCl, kThreads, kDirs, kShare, kFsThreads, kFsLog, kFsRefresh, kMega, kMount, kUpper, kRunDir, kRoot, kBin, kJson,
     kHtml, kKeep, kSeeds, kShard, kCostRounds, kCostFiles, kCostTtl
   };
   static const option kOpts[] = {
@@ -340,6 +341,7 @@ int real_main(int argc, char** argv) {
       {"cl", required_argument, nullptr, kCl},             {"threads", required_argument, nullptr, kThreads},
       {"dirs-in-flight", required_argument, nullptr, kDirs}, {"source-share", required_argument, nullptr, kShare},
       {"fs-threads", required_argument, nullptr, kFsThreads}, {"fs-log-level", required_argument, nullptr, kFsLog},
+      {"fs-refresh", required_argument, nullptr, kFsRefresh},
       {"mega", required_argument, nullptr, kMega},         {"mountpoint", required_argument, nullptr, kMount},
       {"upper", required_argument, nullptr, kUpper},       {"run-dir", required_argument, nullptr, kRunDir},
       {"root", required_argument, nullptr, kRoot},         {"bin-dir", required_argument, nullptr, kBin},
@@ -376,6 +378,11 @@ int real_main(int argc, char** argv) {
       case kShare: s.source_share = real_number("--source-share", optarg, 1.0); break;
       case kFsThreads: s.fs_threads = static_cast<unsigned>(number("--fs-threads", optarg, 4096)); break;
       case kFsLog: s.fs_log_level = optarg; break;
+      case kFsRefresh:
+        if (std::string(optarg) != "merkle" && std::string(optarg) != "per-dir")
+          usage_error(std::string("--fs-refresh: unknown mode '") + optarg + "' (merkle, per-dir)");
+        s.fs_refresh = optarg;
+        break;
       case kMega: s.mega_url = optarg; break;
       case kMount: s.mountpoint = optarg; break;
       case kUpper: s.upper = optarg; break;

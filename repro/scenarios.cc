@@ -353,6 +353,7 @@ Result<std::unique_ptr<Session>> Session::open(const Settings& s, const std::str
   fo.attr_timeout = s.attr_timeout;
   fo.threads = s.fs_threads;
   fo.log_level = s.fs_log_level;
+  if (!s.fs_refresh.empty()) fo.extra_args = {"--refresh", s.fs_refresh};
   auto fs = MountedFs::start(fo, ss->mega_->url(), ss->dir_->path());
   if (!fs) return fs.error();
   ss->fs_ = std::move(*fs);

@@ -48,6 +48,7 @@ struct Settings {
   // antares-fs.
   unsigned fs_threads = 0;
   std::string fs_log_level = "info";
+  std::string fs_refresh;  // antares-fs --refresh ("" = its default)
   bool keep = false;  // keep the private directories (logs, cache) after the run
   // Soak.
   int64_t mutate_every_ms = 500;

@@ -421,7 +421,7 @@ void print_table(FILE* out, const SizeResult& r, const Options& o) {
     if (auto m = median_of(row.samples, [](const Sample& s) { return s.mount_secs; }))
       remounts += (remounts.empty() ? "" : ", ") + row.cfg.name + " " + secs_text(*m);
   if (!remounts.empty())
-    std::fprintf(out, "restart: unmount + mount (startup wipes <cache>/lower), median s, not in the walk time: %s\n",
+    std::fprintf(out, "restart: unmount + mount (the mirror and blob cache are kept and revalidated), median s, not in the walk time: %s\n",
                  remounts.c_str());
   for (const auto& n : r.notes) std::fprintf(out, "note: %s\n", n.c_str());
   for (const auto& row : r.rows)
@@ -567,7 +567,7 @@ repro::FsOptions Bench::fs_options(const Config& c) const {
   f.ttl = ms_text(c.ttl);
   f.log_level = "warn";  // the walk, not the daemon's log, is measured
   f.threads = o_.daemon_threads;
-  // Startup wipes <cache>/lower: at 100k files over a populated cache (and on
+  // A mirror not shut down cleanly is wiped at startup: at 100k files (and on
   // ext4 mounted with `discard`) that alone can take tens of seconds.
   f.ready_timeout = std::chrono::minutes(10);
   return f;
