@@ -264,6 +264,9 @@ void ControlServer::Impl::dispatch_loop() {
   std::list<PendingConn> pending;  // accept order = deadline order
   std::vector<pollfd> fds;
   std::vector<std::list<PendingConn>::iterator> owners;
+  // Out of descriptors with nothing to drop, the listening socket stays
+  // readable: it is left out of poll until then, or the loop would spin.
+  SteadyClock::time_point accept_paused_until{};
   for (;;) {
     {
       std::lock_guard l(mu);
@@ -278,7 +281,8 @@ void ControlServer::Impl::dispatch_loop() {
     fds.clear();
     owners.clear();
     fds.push_back({wake_r.get(), POLLIN, 0});
-    fds.push_back({listen_fd.get(), POLLIN, 0});
+    const bool accept_paused = now < accept_paused_until;
+    fds.push_back({listen_fd.get(), short(accept_paused ? 0 : POLLIN), 0});
     for (auto it = pending.begin(); it != pending.end(); ++it) {
       fds.push_back({it->fd.get(), POLLIN, 0});
       owners.push_back(it);
@@ -287,6 +291,10 @@ void ControlServer::Impl::dispatch_loop() {
     if (!pending.empty()) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(pending.front().deadline - now).count();
       timeout_ms = static_cast<int>(std::clamp<int64_t>(left + 1, 0, 60'000));
+    }
+    if (accept_paused) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(accept_paused_until - now).count() + 1;
+      timeout_ms = timeout_ms < 0 ? static_cast<int>(left) : std::min<int>(timeout_ms, static_cast<int>(left));
     }
     int n = ::poll(fds.data(), fds.size(), timeout_ms);
     if (n < 0 && errno != EINTR) {
@@ -311,6 +319,7 @@ void ControlServer::Impl::dispatch_loop() {
           if (errno == EMFILE || errno == ENFILE) {
             // Out of descriptors: make room by dropping the oldest pending connection.
             if (!pending.empty()) pending.pop_front();
+            else accept_paused_until = SteadyClock::now() + std::chrono::milliseconds(100);
           }
           break;
         }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -393,6 +394,44 @@ TEST_F(ControlTest, IdleAndTricklingConnectionsDoNotBlockAuthenticatedRequests) 
   for (int fd : idle) close(fd);
   // And the server is still healthy afterwards.
   EXPECT_TRUE(c.status().ok());
+}
+
+// A daemon that runs out of descriptors (the FUSE side holds many) cannot
+// accept; the waiting connection keeps the listening socket readable. The
+// server must wait for descriptors rather than spin a core on poll, and
+// serve the connection once there are descriptors again.
+TEST_F(ControlTest, OutOfDescriptorsTheServerWaitsInsteadOfSpinning) {
+  auto cpu_seconds = [] {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  };
+  std::vector<int> hog;
+  for (;;) {  // every descriptor but one
+    int fd = dup(0);
+    if (fd < 0) break;
+    hog.push_back(fd);
+  }
+  ASSERT_FALSE(hog.empty());
+  close(hog.back());
+  hog.pop_back();
+  int conn = connect_to(server_->port());  // takes the last one; the server has none to accept it with
+  ASSERT_GE(conn, 0);
+  double before = cpu_seconds();
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // the window measured, not a synchronisation
+  double used = cpu_seconds() - before;
+  for (int fd : hog) close(fd);
+  EXPECT_LT(used, 0.1) << "CPU seconds used in 1 s while no descriptor was free";
+  const std::string req = "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + server_->token() +
+                          "\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(send(conn, req.data(), req.size(), MSG_NOSIGNAL), ssize_t(req.size()));
+  std::string answer;
+  timeval tv{10, 0};
+  setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[4096];
+  for (ssize_t n; (n = recv(conn, buf, sizeof buf, 0)) > 0;) answer.append(buf, size_t(n));
+  close(conn);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << "the connection is served once descriptors are free: " << answer;
 }
 
 TEST(ControlClient, MissingEndpointSaysIsItMounted) {
