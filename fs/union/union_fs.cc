@@ -894,13 +894,24 @@ Status UnionFs::opendir_once(NodeId node) {
 }
 
 Result<std::vector<DirEntry>> UnionFs::readdir(NodeId node) {
+  // READDIR works on an open directory: the kernel never retries it after an
+  // ESTALE. Under a fix, a directory whose object is gone (removed, or
+  // replaced by another) answers what a local filesystem answers for a
+  // removed directory that is still open: ENOENT.
+  auto gone = [&](const NodePtr& n) {
+    return Error::from_errno(ENOENT, "directory removed after it was opened: " + path_of(n));
+  };
   return retrying([&]() -> Result<std::vector<DirEntry>> {
     if (auto st = run_dir_hooks(node); !st.ok()) return st.error();
     Shared lk(tree_mu_);
     auto n = find(node);
     if (!n) return Error::from_errno(ESTALE, "unknown node");
     if (!n->is_dir) return Error::from_errno(ENOTDIR, path_of(n));
-    if (auto st = ensure_children(n); !st.ok()) return st.error();
+    if (fixes() && n->retired.load()) return gone(n);
+    if (auto st = ensure_children(n); !st.ok()) {
+      if (st.err() == ESTALE && fixes() && n->retired.load()) return gone(n);
+      return st.error();
+    }
     NodePtr parent = n->parent.lock();
     std::vector<DirEntry> out;
     std::lock_guard dl(dir_mu(*n));
