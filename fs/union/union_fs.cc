@@ -901,7 +901,7 @@ Result<std::vector<DirEntry>> UnionFs::readdir(NodeId node) {
   auto gone = [&](const NodePtr& n) {
     return Error::from_errno(ENOENT, "directory removed after it was opened: " + path_of(n));
   };
-  return retrying([&]() -> Result<std::vector<DirEntry>> {
+  auto r = retrying([&]() -> Result<std::vector<DirEntry>> {
     if (auto st = run_dir_hooks(node); !st.ok()) return st.error();
     Shared lk(tree_mu_);
     auto n = find(node);
@@ -925,6 +925,11 @@ Result<std::vector<DirEntry>> UnionFs::readdir(NodeId node) {
     }
     return out;
   });
+  // Whatever went stale on the way (the node itself, a layer directory met
+  // before its removal was announced), a fix never hands READDIR an ESTALE.
+  if (!r.ok() && r.err() == ESTALE && fixes())
+    return Error::from_errno(ENOENT, "directory removed after it was opened: " + r.error().describe());
+  return r;
 }
 
 Result<struct statvfs> UnionFs::statfs() {
