@@ -10,7 +10,7 @@
 // the run), the daemon's and the union's logs stay quiet, and a table of
 // every figure by strategy is printed at the end (medians when
 // --benchmark_repetitions is given).
-// Run: build/bin/strategy_bench --benchmark_min_time=0.2 --benchmark_repetitions=3
+// Run: build/bin/strategy_bench --benchmark_min_time=0.1 --benchmark_repetitions=3 (under a minute)
 //      (figures and the command in docs/benchmarks.md)
 #include <benchmark/benchmark.h>
 #include <dirent.h>

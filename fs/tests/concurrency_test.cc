@@ -103,7 +103,10 @@ TEST(Concurrency, WalkersMutationsRefreshesAndStrategySwitches) {
   });
   const int n_threads = int(threads.size());
 
+  // At least 10 s of it, and until each kind of event happened often enough
+  // (a slow machine or a sanitizer build gets there later), within 3 minutes.
   std::this_thread::sleep_for(10s);
+  testing::wait_until([&] { return ops > 1000 && mutations > 20 && refreshes > 10 && switches > 10; }, 170s);
   stop = true;
   bool done = testing::wait_until([&] { return finished == n_threads; }, 60s);
   EXPECT_TRUE(done) << "threads hung (deadlock?): " << finished << "/" << n_threads << " finished\n" << m.log();

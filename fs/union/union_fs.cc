@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/limits.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -894,12 +895,20 @@ Status UnionFs::opendir_once(NodeId node) {
 }
 
 Result<std::vector<DirEntry>> UnionFs::readdir(NodeId node) {
-  return retrying([&]() -> Result<std::vector<DirEntry>> {
+  // READDIR works on an open directory: the kernel never retries it after an
+  // ESTALE. Under a fix, a directory whose object is gone (removed, or
+  // replaced by another) answers what a local filesystem answers for a
+  // removed directory that is still open: ENOENT.
+  auto gone = [&](const NodePtr& n) {
+    return Error::from_errno(ENOENT, "directory removed after it was opened: " + path_of(n));
+  };
+  auto r = retrying([&]() -> Result<std::vector<DirEntry>> {
     if (auto st = run_dir_hooks(node); !st.ok()) return st.error();
     Shared lk(tree_mu_);
     auto n = find(node);
     if (!n) return Error::from_errno(ESTALE, "unknown node");
     if (!n->is_dir) return Error::from_errno(ENOTDIR, path_of(n));
+    if (fixes() && n->retired.load()) return gone(n);
     if (auto st = ensure_children(n); !st.ok()) return st.error();
     NodePtr parent = n->parent.lock();
     std::vector<DirEntry> out;
@@ -914,6 +923,11 @@ Result<std::vector<DirEntry>> UnionFs::readdir(NodeId node) {
     }
     return out;
   });
+  // Whatever went stale on the way (the node itself, a layer directory met
+  // before its removal was announced), a fix never hands READDIR an ESTALE.
+  if (!r.ok() && r.err() == ESTALE && fixes())
+    return Error::from_errno(ENOENT, "directory removed after it was opened: " + r.error().describe());
+  return r;
 }
 
 Result<struct statvfs> UnionFs::statfs() {
@@ -921,6 +935,20 @@ Result<struct statvfs> UnionFs::statfs() {
   if (::fstatvfs(layers_[0]->root_fd(), &sv) != 0) return sys_error("statfs");
   return sv;
 }
+
+namespace {
+// One call into a buffer as large as Linux allows for a value or a name list
+// (XATTR_SIZE_MAX = XATTR_LIST_MAX = 64 KiB), rather than asking the size
+// first: one syscall per request, and no ERANGE if the value grows between two.
+template <typename Call>
+Result<std::string> read_xattr_buffer(const std::string& what, Call call) {
+  std::string buf(XATTR_SIZE_MAX, '\0');
+  ssize_t len = call(buf.data(), buf.size());
+  if (len < 0) return sys_error(what);
+  buf.resize(size_t(len));
+  return buf;
+}
+}  // namespace
 
 Result<std::string> UnionFs::getxattr(NodeId node, const std::string& name) {
   return retrying([&] { return getxattr_once(node, name); });
@@ -933,14 +961,9 @@ Result<std::string> UnionFs::getxattr_once(NodeId node, const std::string& name)
   if (!n) return Error::from_errno(ESTALE, "unknown node");
   auto fd = open_top(n, O_PATH, Op::xattr);
   if (!fd.ok()) return fd.error();
-  std::string proc = proc_fd(fd->get());
-  ssize_t len = ::getxattr(proc.c_str(), name.c_str(), nullptr, 0);
-  if (len < 0) return sys_error("getxattr " + name);
-  std::string v(size_t(len), '\0');
-  len = ::getxattr(proc.c_str(), name.c_str(), v.data(), v.size());
-  if (len < 0) return sys_error("getxattr " + name);
-  v.resize(size_t(len));
-  return v;
+  const std::string proc = proc_fd(fd->get());
+  return read_xattr_buffer("getxattr " + name,
+                           [&](char* buf, size_t size) { return ::getxattr(proc.c_str(), name.c_str(), buf, size); });
 }
 
 Result<std::string> UnionFs::listxattr(NodeId node) {
@@ -953,15 +976,12 @@ Result<std::string> UnionFs::listxattr_once(NodeId node) {
   if (!n) return Error::from_errno(ESTALE, "unknown node");
   auto fd = open_top(n, O_PATH, Op::xattr);
   if (!fd.ok()) return fd.error();
-  std::string proc = proc_fd(fd->get());
-  ssize_t len = ::listxattr(proc.c_str(), nullptr, 0);
-  if (len < 0) return sys_error("listxattr");
-  std::string all(size_t(len), '\0');
-  len = ::listxattr(proc.c_str(), all.data(), all.size());
-  if (len < 0) return sys_error("listxattr");
+  const std::string proc = proc_fd(fd->get());
+  auto all = read_xattr_buffer("listxattr", [&](char* buf, size_t size) { return ::listxattr(proc.c_str(), buf, size); });
+  if (!all.ok()) return all.error();
   std::string out;
-  for (size_t i = 0; i < size_t(len);) {
-    std::string nm(all.c_str() + i);
+  for (size_t i = 0; i < all->size();) {
+    std::string nm(all->c_str() + i);
     i += nm.size() + 1;
     if (nm.rfind("trusted.overlay.", 0) != 0) out += nm + '\0';
   }

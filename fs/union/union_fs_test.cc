@@ -322,6 +322,40 @@ TEST_F(UnionTest, InvalidationDropsHandlesAndChildrenAndNamesWhatTheKernelMustFo
   EXPECT_TRUE(fs_->lookup(a, "added.c").ok());
 }
 
+// A walker opened a directory; the server then removed it (a lower refresh
+// deletes the mirror directory and announces it) before the first READDIR.
+// READDIR works on an open directory and the kernel never retries it, so the
+// answer must be what a local filesystem gives for a removed directory
+// (ENOENT), never ESTALE, under every fix. Found by a 30 s soak under B.
+TEST_F(UnionTest, ReaddirOfADirectoryRemovedAfterOpendirIsEnoentUnderEveryFix) {
+  for (const char* strategy : {"A", "B", "C", "auto"}) {
+    SCOPED_TRACE(strategy);
+    std::filesystem::remove_all(tmp_ / "lower/gone");
+    write_file(tmp_ / "lower/gone/sub/BUCK", "b");
+    write_file(tmp_ / "lower/gone/f", "f");
+    mount(strategy);
+    NodeId gone = lookup(kRootNode, "gone");
+    ASSERT_TRUE(fs_->opendir(gone).ok());
+    std::filesystem::remove_all(tmp_ / "lower/gone");
+    (void)fs_->on_layer_change(2, {{LayerChange::Kind::removed, "gone"}});
+    auto r = fs_->readdir(gone);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.err(), ENOENT) << r.error().describe();
+    // The same when the listing must be read again and the directory's
+    // handle meets the removal first (its event not yet applied).
+    write_file(tmp_ / "lower/gone2/f", "f");
+    NodeId gone2 = lookup(kRootNode, "gone2");
+    ASSERT_TRUE(fs_->opendir(gone2).ok());
+    replace_file(tmp_ / "lower/gone2/f", "f2");
+    (void)fs_->on_layer_change(2, {{LayerChange::Kind::replaced, "gone2/f"}});
+    std::filesystem::remove_all(tmp_ / "lower/gone2");
+    r = fs_->readdir(gone2);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.err(), ENOENT) << r.error().describe();
+    std::filesystem::remove_all(tmp_ / "lower/gone2");
+  }
+}
+
 TEST_F(UnionTest, SwitchingFromNoneHealsStaleNodes) {
   mount("none");
   NodeId buck = lookup(lookup(kRootNode, "a"), "BUCK");
