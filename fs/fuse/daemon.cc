@@ -496,6 +496,7 @@ int Daemon::serve(const ReadyFn& ready) {
     return fail_early(kExitMountpoint, "cannot mount at " + opts_.mountpoint + " (see the message above)");
   }
   invalidator_.start(se);
+  if (lower_) lower_->start_prefetch();  // here, after a detaching fork
   start_lower_checks();
   if (auto st = watcher_.start(opts_.upper, {nullptr, [this](const std::vector<LayerChange>& c) { on_change(0, c); }}); !st.ok())
     log::warn("upper_watch_unavailable", {{"error", st.error().describe()}});

@@ -714,6 +714,7 @@ TEST(Prefetch, FirstReadOfADirectoryPrefetchesItsSubdirectoriesAndBuildFiles) {
   LowerStoreOptions o = merkle_options();
   o.prefetch_threads = 4;
   LowerStore store(client, dir.path(), o, clock);
+  store.start_prefetch();
   using FS = LowerStore::FileState;
   ASSERT_TRUE(store.ensure_dir("").ok());
   ASSERT_TRUE(eventually([&] {
@@ -746,6 +747,7 @@ TEST(Prefetch, QueueIsBoundedAndCallersAreNotHeldUp) {
   o.prefetch_threads = 2;
   o.prefetch_queue = 10;
   auto store = std::make_unique<LowerStore>(client, dir.path(), o, clock);
+  store->start_prefetch();
   // The two workers take d100 and d101 first and stall there.
   std::mutex mu;
   std::condition_variable cv;
@@ -790,6 +792,7 @@ TEST(Prefetch, ErrorsAreCountedNotReturned) {
   LowerStoreOptions o = merkle_options();
   o.prefetch_threads = 2;
   LowerStore store(client, dir.path(), o, clock);
+  store.start_prefetch();
   ::testing::internal::CaptureStderr();
   ASSERT_TRUE(store.ensure_dir("").ok());
   ASSERT_TRUE(eventually([&] {

@@ -143,8 +143,12 @@ LowerStore::LowerStore(remote::MegaClient& mega, std::string mirror_root, LowerS
   root->id = next_id_++;
   dirs_.push_back(std::move(root));
   if (root_fd_ >= 0 && opts_.persist) open_persisted();
-  if (root_fd_ >= 0)
-    for (unsigned i = 0; i < opts_.prefetch_threads; ++i) pf_threads_.emplace_back([this] { prefetch_worker(); });
+}
+
+void LowerStore::start_prefetch() {
+  std::lock_guard l(pf_mu_);
+  if (root_fd_ < 0 || pf_stop_ || !pf_threads_.empty()) return;
+  for (unsigned i = 0; i < opts_.prefetch_threads; ++i) pf_threads_.emplace_back([this] { prefetch_worker(); });
 }
 
 LowerStore::LowerStore(remote::MegaClient& mega, std::string mirror_root, Clock::Duration ttl, Clock& clock)

@@ -172,6 +172,12 @@ class LowerStore {
   // owner whose listener reaches objects that die before the store calls it
   // first. Idempotent; ensure_dir/ensure_file keep working without prefetch.
   void stop_prefetch();
+  // Starts the prefetch workers (prefetch_threads of them; tasks queued
+  // before wait for them). Not in the constructor: a daemon builds its store
+  // before it forks to detach, and threads do not survive a fork (the child
+  // would join threads it does not have and may inherit a held pf_mu_).
+  // Idempotent; a no-op after stop_prefetch().
+  void start_prefetch();
   LowerStore(const LowerStore&) = delete;
   LowerStore& operator=(const LowerStore&) = delete;
 
