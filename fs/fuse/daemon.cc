@@ -31,6 +31,9 @@ class LowerHooks final : public LayerHooks {
   Status before_dir(const std::string& rel) override { return s_.ensure_dir(rel); }
   Status before_open(const std::string& rel) override { return s_.ensure_file(rel); }
   bool content_ready(uint64_t ino) override { return s_.content_ready(ino); }
+  Result<UniqueFd> open_kept(uint64_t ino, int flags) override { return s_.open_kept(ino, flags); }
+  Status fill_kept(uint64_t ino) override { return s_.fill_kept(ino); }
+  bool is_kept(uint64_t ino) override { return s_.is_kept(ino); }
   bool hidden(std::string_view name) const override { return LowerStore::is_internal_name(name); }
 
  private:
@@ -60,7 +63,7 @@ std::optional<StartupError> take_cache_dir(const std::string& dir, const char* w
       return startup_error(kExitLayerDir, "--cache: cannot create " + dir + ": " + std::strerror(errno));
   } else if (!S_ISDIR(st.st_mode)) {
     return startup_error(kExitLayerDir,
-                         "--cache: " + dir + " exists and is not a directory (antares-fs owns DIR/lower and DIR/blobs)");
+                         "--cache: " + dir + " exists and is not a directory (antares-fs owns DIR/lower, DIR/attic and DIR/blobs)");
   }
   if (auto s = mirror::claim_dir(dir, std::string("--cache: ") + what); !s)
     return startup_error(kExitLayerDir, s.error().message);
@@ -120,6 +123,8 @@ std::optional<StartupError> Daemon::prepare() {
   if (!refresh) return startup_error(kExitUsage, "--refresh: unknown mode '" + opts_.refresh + "' (merkle, per-dir)");
   const std::string mirror = opts_.cache + "/lower";
   if (auto e = take_cache_dir(mirror, "the lower mirror")) return e;
+  const std::string attic = opts_.cache + "/attic";
+  if (auto e = take_cache_dir(attic, "replaced files kept for a few seconds")) return e;
   if (opts_.cache_size > 0) {
     const std::string blobs = opts_.cache + "/blobs";
     if (auto e = take_cache_dir(blobs, "the blob cache")) return e;
@@ -144,6 +149,7 @@ std::optional<StartupError> Daemon::prepare() {
   lo.refresh = *refresh;
   lo.persist = true;  // claimed above: ours to keep or wipe
   lo.blob_cache = blobs_.get();
+  lo.attic = attic;
   lo.prefetch_threads = unsigned(opts_.prefetch);
   lower_ = std::make_unique<LowerStore>(*mega_, mirror, lo);
   if (auto st = lower_->status(); !st.ok()) return startup_error(kExitLayerDir, "lower mirror: " + st.error().describe());
@@ -199,6 +205,9 @@ std::optional<StartupError> Daemon::prepare() {
 
 void Daemon::apply_strategy(const HandleStrategy* s) {
   slot_->set(s);
+  // The fixes keep a replaced file openable for the kernel's retry; none
+  // must meet the stale handles upstream does.
+  if (lower_) lower_->set_keep_replaced(s->name() != "none");
   if (s->invalidates()) {
     // What a refresh changes is invalidated, so attributes and pages can live
     // long. Names: under merkle the background check (start_lower_checks)

@@ -122,6 +122,17 @@ class LayerHooks {
   // inode is a placeholder whose content never arrived (an older version
   // replaced before it was fetched). The union then never serves it.
   virtual bool content_ready(uint64_t /*ino*/) { return true; }
+  // The object that had inode `ino` in this layer, after its name was
+  // replaced or removed, if the owner still keeps it (the lower store does
+  // for a few seconds under the fixes). ENOENT otherwise.
+  virtual Result<UniqueFd> open_kept(uint64_t /*ino*/, int /*flags*/) {
+    return Error::from_errno(ENOENT, "not kept");
+  }
+  // Whether inode `ino` is such a kept object (replaced or removed).
+  virtual bool is_kept(uint64_t /*ino*/) { return false; }
+  // Gives a kept placeholder the bytes of its own version, so that
+  // content_ready(ino) holds. ENOENT if `ino` is not kept.
+  virtual Status fill_kept(uint64_t /*ino*/) { return Error::from_errno(ENOENT, "not kept"); }
   // Names the owner keeps in the directory for itself (temporary files).
   virtual bool hidden(std::string_view /*name*/) const { return false; }
 };

@@ -75,6 +75,17 @@ class InvalidateStrategy final : public HandleStrategy {
   bool invalidates() const override { return true; }
 };
 
+// C's way to a file object no longer at its path: the layer's owner may
+// still keep it (see LayerHooks::open_kept), as a handle would reach it.
+Result<UniqueFd> open_kept_object(Layer& layer, const LayerRef& ref, int flags, const std::string& why) {
+  auto kept = layer.hooks().open_kept(ref.id.ino, flags);
+  if (kept.ok()) {
+    auto stx = statx_at(kept->get(), "");
+    if (stx.ok() && identity_of(*stx) == ref.id) return kept;
+  }
+  return Error::from_errno(ESTALE, why);
+}
+
 class PathStrategy final : public HandleStrategy {
  public:
   std::string_view name() const override { return "C"; }
@@ -84,7 +95,7 @@ class PathStrategy final : public HandleStrategy {
     // A file's object gone from its path is as stale as a stale handle: the
     // union retires the node and the kernel's re-walk answers for the name.
     if (fd.err() == ENOENT && ref.type != S_IFDIR)
-      return Error::from_errno(ESTALE, layer.name() + ":/" + rel + " is gone");
+      return open_kept_object(layer, ref, flags, layer.name() + ":/" + rel + " is gone");
     if (!fd.ok()) return fd;
     auto stx = statx_at(fd->get(), "");
     if (!stx.ok()) return stx.error();
@@ -96,7 +107,7 @@ class PathStrategy final : public HandleStrategy {
       ref.id = now;
       return fd;
     }
-    return Error::from_errno(ESTALE, layer.name() + ":/" + rel + " is another object now");
+    return open_kept_object(layer, ref, flags, layer.name() + ":/" + rel + " is another object now");
   }
   bool revalidates() const override { return true; }
   bool invalidates() const override { return false; }

@@ -143,6 +143,15 @@ LowerStore::LowerStore(remote::MegaClient& mega, std::string mirror_root, LowerS
   root->id = next_id_++;
   dirs_.push_back(std::move(root));
   if (root_fd_ >= 0 && opts_.persist) open_persisted();
+  if (!opts_.attic.empty()) {
+    attic_fd_ = ::open(opts_.attic.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    Status s = attic_fd_ >= 0 ? mirror::clear_owned_dir(attic_fd_) : Status(mirror::errno_error("open", opts_.attic));
+    if (!s) {
+      log::warn("lower_attic_unusable", {{"attic", opts_.attic}, {"error", s.error().describe()}});
+      if (attic_fd_ >= 0) ::close(attic_fd_);
+      attic_fd_ = -1;
+    }
+  }
 }
 
 void LowerStore::start_prefetch() {
@@ -183,6 +192,11 @@ LowerStore::~LowerStore() {
     if (!s) log::warn("lower_mirror_not_kept", {{"mirror", mirror_root_}, {"error", s.error().describe()}});
   }
   if (root_fd_ >= 0) ::close(root_fd_);
+  if (attic_fd_ >= 0) {
+    std::lock_guard l(mu_);
+    sweep_kept(/*all=*/true);
+    ::close(attic_fd_);
+  }
 }
 
 void LowerStore::open_persisted() {
@@ -793,6 +807,7 @@ bool LowerStore::apply_listing(int fd, const std::string& rel, DirState& dir, co
   next.reserve(items.size());
 
   auto remove = [&](Entry& e, const std::string& path) {
+    keep(fd, e);
     if (auto s = mirror::remove_tree(fd, e.name); !s) {
       log::error("lower_remove_failed", {{"path", path}, {"error", s.error().describe()}});
       complete = false;
@@ -850,6 +865,7 @@ bool LowerStore::apply_listing(int fd, const std::string& rel, DirState& dir, co
         }
       } else {
         uint64_t ino = 0;
+        keep(fd, e);
         if (auto st = create_entry(fd, path, item, /*replace=*/true, &ino); !st) {
           log::error("lower_replace_failed", {{"path", path}, {"error", st.error().describe()}});
           complete = false;  // the old version stays tracked; the next listing tries again
@@ -868,6 +884,113 @@ bool LowerStore::apply_listing(int fd, const std::string& rel, DirState& dir, co
   dir.entries = std::move(next);
   stats_.entries_changed += events.size();
   return complete;
+}
+
+// ------------------------------------------------------------- kept objects
+
+void LowerStore::set_keep_replaced(bool on) {
+  std::lock_guard l(mu_);
+  keep_replaced_ = on;
+  if (!on) sweep_kept(/*all=*/true);
+}
+
+void LowerStore::keep(int dirfd, const Entry& e) {
+  if (!keep_replaced_ || attic_fd_ < 0 || e.kind != kFile) return;
+  sweep_kept(/*all=*/false);
+  struct stat st;
+  if (::fstatat(dirfd, e.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) return;
+  const std::string name = std::to_string(st.st_ino);
+  int rc = ::linkat(dirfd, e.name.c_str(), attic_fd_, name.c_str(), 0);
+  if (rc != 0 && errno == EEXIST) {  // a leftover of an inode number since reused
+    ::unlinkat(attic_fd_, name.c_str(), 0);
+    rc = ::linkat(dirfd, e.name.c_str(), attic_fd_, name.c_str(), 0);
+  }
+  if (rc != 0) {
+    ++stats_.keep_failures;
+    return;
+  }
+  if (kept_.size() >= opts_.keep_max) {
+    ::unlinkat(attic_fd_, std::to_string(kept_.front().ino).c_str(), 0);
+    kept_inos_.erase(kept_.front().ino);
+    kept_.pop_front();
+  }
+  kept_.push_back({uint64_t(st.st_ino), e.oid, e.v, clock_.now() + opts_.keep_for});
+  kept_inos_.insert(uint64_t(st.st_ino));
+  kept_count_ = kept_.size();
+  ++stats_.kept;
+}
+
+void LowerStore::sweep_kept(bool all) {
+  const auto now = clock_.now();
+  while (!kept_.empty() && (all || kept_.front().until <= now)) {
+    ::unlinkat(attic_fd_, std::to_string(kept_.front().ino).c_str(), 0);
+    kept_inos_.erase(kept_.front().ino);
+    kept_.pop_front();
+  }
+  kept_count_ = kept_.size();
+}
+
+bool LowerStore::is_kept(uint64_t ino) {
+  if (kept_count_.load() == 0) return false;
+  std::lock_guard l(mu_);
+  sweep_kept(/*all=*/false);
+  return kept_inos_.contains(ino);
+}
+
+Result<UniqueFd> LowerStore::open_kept(uint64_t ino, int flags) {
+  std::lock_guard l(mu_);
+  if (attic_fd_ < 0) return Error::from_errno(ENOENT, "lower: no attic");
+  sweep_kept(/*all=*/false);
+  if (!kept_inos_.contains(ino))
+    return Error::from_errno(ENOENT, "lower: inode " + std::to_string(ino) + " is not kept");
+  // Under mu_: a sweep cannot take the name away between the check and the open.
+  UniqueFd fd(::openat(attic_fd_, std::to_string(ino).c_str(), (flags & ~O_CREAT) | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return mirror::errno_error("open kept", std::to_string(ino));
+  return fd;
+}
+
+Status LowerStore::fill_kept(uint64_t ino) {
+  std::unique_lock l(mu_);
+  auto it = std::find_if(kept_.begin(), kept_.end(), [&](const Kept& k) { return k.ino == ino; });
+  if (it == kept_.end() || attic_fd_ < 0) return Error::from_errno(ENOENT, "lower: inode " + std::to_string(ino) + " is not kept");
+  if (!pending_inos_.contains(ino)) return {};
+  const Oid oid = it->oid;
+  const uint64_t size = it->size;
+  const std::string what = "kept inode " + std::to_string(ino);
+  UniqueFd fd(::openat(attic_fd_, std::to_string(ino).c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return Error{EIO, 0, "lower: " + mirror::errno_error("open", what).message};
+  l.unlock();
+  // In place, as ensure_file does: the object keeps its inode and its mtime.
+  struct stat before {};
+  Status w;
+  if (::fstat(fd.get(), &before) != 0 || uint64_t(before.st_ino) != ino) w = mirror::errno_error("stat", what);
+  bool done = false;
+  if (w && opts_.blob_cache) {
+    auto hit = opts_.blob_cache->copy_to(oid, size, fd.get());
+    if (!hit) w = hit.error();
+    else if (*hit) {
+      done = true;
+      ++stats_.blobs_from_cache;
+    }
+  }
+  if (w && !done) {
+    auto blob = mega_.blob(oid);
+    if (!blob) {
+      ++stats_.fetch_errors;
+      return remote_error(blob.error(), "fetch " + what, /*keep_enoent=*/false);
+    }
+    ++stats_.blobs_fetched;
+    stats_.blob_bytes += blob->size();
+    w = mirror::write_whole(fd.get(), *blob, what);
+  }
+  if (w) {
+    const struct timespec ts[2] = {{0, UTIME_OMIT}, before.st_mtim};
+    if (::futimens(fd.get(), ts) != 0) w = mirror::errno_error("restore mtime", what);
+  }
+  if (!w) return Error{EIO, 0, "lower: " + w.error().message};
+  l.lock();
+  pending_inos_.erase(ino);
+  return {};
 }
 
 // ----------------------------------------------------------- persisted state
@@ -1080,7 +1203,10 @@ Status LowerStore::ensure_file_impl(const std::string& rel) {
                              : Error{EIO, 0, "lower: " + w.error().message};
       break;
     }
-    if (flight->superseded != seen) continue;  // our bytes went to the replaced (unlinked) inode
+    if (flight->superseded != seen) {  // our bytes went to the replaced inode: this oid's, so a kept one is whole
+      if (kept_inos_.contains(uint64_t(before.st_ino))) pending_inos_.erase(before.st_ino);
+      continue;
+    }
     f = find_file(false);
     if (!f) {
       result = Error::from_errno(ENOENT, "lower: " + mirror::escape(rel) + " vanished while being written");

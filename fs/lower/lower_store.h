@@ -60,6 +60,19 @@
 //   their parent's entries, and materialized files whose oid matches are
 //   never fetched again. A directory whose files lack state is cleared and
 //   listed afresh (counted as damaged).
+// - Kept objects (set_keep_replaced, under the fix strategies). Between a
+//   caller's lookup of a name and its open, a refresh may replace or remove
+//   the file; the kernel retries such an open once, after a fresh lookup,
+//   and a second replacement in that short gap would surface as ESTALE. A
+//   local filesystem has no such gap: the looked-up inode outlives its name.
+//   So a file about to be replaced or removed is first hard-linked into the
+//   attic (outside the mirror, same filesystem) as "<ino>" and kept for
+//   keep_for: its handle still opens, open_kept reaches it by inode number
+//   (strategy C), and fill_kept gives a placeholder that was never filled
+//   the bytes of the version it stood for. A kept object is one the caller
+//   was given before the change, so what it reads is at most as old as the
+//   kernel's own entry cache allows. Bounded by keep_max; swept as changes
+//   come in, and emptied at start and at destruction.
 // - Blob cache (BlobCache, optional): consulted before every download,
 //   filled after each; its bytes are copied into the placeholder, never
 //   linked (see blob_cache.h).
@@ -107,6 +120,7 @@
 #include "common/clock.h"
 #include "common/oid.h"
 #include "common/result.h"
+#include "common/unique_fd.h"
 #include "fs/layers/layer_change.h"
 #include "fs/remote/mega_client.h"
 
@@ -129,6 +143,12 @@ struct LowerStoreOptions {
   unsigned prefetch_threads = 0;     // 0 = no prefetch
   size_t prefetch_queue = 4096;      // tasks waiting at most; more are dropped (counted)
   unsigned refresh_parallelism = 8;  // directories a Merkle diff re-lists at once
+  // Where replaced and removed files are kept for keep_for (see "Kept
+  // objects"): a directory on the mirror's filesystem, outside the mirror,
+  // owned by the store (emptied at start and at destruction). "" = never kept.
+  std::string attic;
+  Clock::Duration keep_for = std::chrono::seconds(5);
+  size_t keep_max = 4096;  // at most this many kept at once (the oldest go first)
 };
 
 // Monotonic counters for metrics and tests.
@@ -148,6 +168,8 @@ struct LowerStoreStats {
   std::atomic<uint64_t> blobs_from_cache{0};  // files filled from the blob cache
   std::atomic<uint64_t> fetch_errors{0};      // failed listings, dir-hashes, HEADs and blob downloads
   std::atomic<uint64_t> dropped_names{0};     // entries left out: hostile or duplicate names, malformed entries
+  std::atomic<uint64_t> kept{0};              // replaced or removed files kept in the attic
+  std::atomic<uint64_t> keep_failures{0};     // ... that could not be linked there
   std::atomic<uint64_t> prefetch_queued{0}, prefetch_done{0}, prefetch_dropped{0}, prefetch_errors{0};
   std::atomic<uint64_t> mirror_restored{0};   // 1 if a persisted mirror was trusted at open
   std::atomic<uint64_t> mirror_wiped{0};      // 1 if a persisted mirror was unusable and wiped
@@ -236,6 +258,24 @@ class LowerStore {
   // never written (including placeholders replaced before they were filled):
   // whoever opened it must not serve it. True for every other inode.
   bool content_ready(uint64_t ino) const;
+
+  // Kept objects. While on (and an attic is configured), a file a refresh
+  // replaces or removes is first hard-linked into the attic as "<ino>" and
+  // stays there keep_for: a handle or an fd-less open of the object a caller
+  // has just been given keeps working, as it does on a local filesystem
+  // where the looked-up inode outlives its name. Off (strategy none, which
+  // reproduces the stale handles upstream gets): nothing is kept.
+  void set_keep_replaced(bool on);
+  // Opens the kept object that had inode `ino` (flags as for openat; O_NOFOLLOW
+  // added). ENOENT if it is not kept (never, or expired).
+  Result<UniqueFd> open_kept(uint64_t ino, int flags);
+  // Writes the blob of a kept placeholder that was never filled (the version
+  // it stood for, from the blob cache or Mega), so content_ready(ino) turns
+  // true. Ok at once if it has its bytes; ENOENT if `ino` is not kept.
+  // Blocks while fetching; no lock held meanwhile.
+  Status fill_kept(uint64_t ino);
+  // Whether `ino` is kept (a replaced or removed file). Lock-free when nothing is.
+  bool is_kept(uint64_t ino);
 
   enum class FileState { untracked, pending, materialized };
   // What the store knows about `rel` (tests, `antares-ctl`); loads nothing.
@@ -362,6 +402,10 @@ class LowerStore {
   static void finish(const std::shared_ptr<Flight>& f, Status result);
   void count_listing(Reason why);
 
+  // Kept objects. Requires mu_.
+  void keep(int dirfd, const Entry& e);
+  void sweep_kept(bool all);
+
   // Persistence (no-ops unless persist_).
   void open_persisted();
   void persist_dir_oid(int dirfd, const std::string& name, const Oid& oid);
@@ -391,6 +435,17 @@ class LowerStore {
   std::vector<uint32_t> free_dirs_;               // guarded by mu_
   std::unordered_map<std::string, std::shared_ptr<Flight>> file_flights_;  // guarded by mu_; by path
   InoSet pending_inos_;                           // guarded by mu_; see content_ready
+  struct Kept {
+    uint64_t ino;
+    Oid oid;
+    uint64_t size;
+    Clock::TimePoint until;
+  };
+  int attic_fd_ = -1;                             // O_RDONLY dir fd of opts_.attic, -1 if none
+  bool keep_replaced_ = false;                    // guarded by mu_
+  std::deque<Kept> kept_;                         // guarded by mu_; oldest first
+  std::unordered_set<uint64_t> kept_inos_;        // guarded by mu_; the inos in kept_
+  std::atomic<size_t> kept_count_{0};             // kept_.size(), readable without mu_
   std::set<uint32_t> stale_dirs_;                 // guarded by mu_; merkle re-lists that failed
   std::set<std::string> warned_dirs_;             // guarded by mu_; see note_dropped
   uint64_t next_id_ = 1;                          // guarded by mu_

@@ -583,6 +583,86 @@ TEST(LowerStoreFake, ReplacedDuringBlobFetchGetsTheNewContent) {
   EXPECT_EQ(store.stats().blobs_fetched.load(), 2u);
 }
 
+// The kernel retries an open that met ESTALE once, after a fresh lookup; a
+// file replaced again between that lookup and the open must still open. Under
+// the fixes the store keeps a replaced or removed file reachable for a while:
+// by its handle, by inode number (open_kept), and a kept placeholder can get
+// the bytes of the version it stood for (fill_kept).
+TEST(LowerStoreFake, ReplacedAndRemovedFilesAreKeptForAWhileUnderTheFixes) {
+  auto http = test::fake_mega();
+  remote::MegaClient client(test::fake_options(), http);
+  antares::testing::TempDir dir, attic;
+  FakeClock clock;
+  LowerStoreOptions o;
+  o.ttl = kTtl;
+  o.attic = attic.path();
+  o.keep_for = 2s;
+  LowerStore store(client, dir.path(), o, clock);
+  http->add_file("/", "filled", "filled, version one");
+  http->add_file("/", "pending", "pending, version one");
+  http->add_file("/", "removed", "removed, version one");
+  ASSERT_TRUE(store.ensure_dir("").ok());
+  ASSERT_TRUE(store.ensure_file("filled").ok());
+  ASSERT_TRUE(store.ensure_file("removed").ok());
+  auto handle_of = [&](const std::string& name) {
+    auto h = std::make_unique<Handle>();
+    h->fh()->handle_bytes = MAX_HANDLE_SZ;
+    int mount_id;
+    EXPECT_EQ(::name_to_handle_at(AT_FDCWD, (dir.path() + "/" + name).c_str(), h->fh(), &mount_id, 0), 0);
+    return h;
+  };
+  antares::fs::mirror::Fd mount_fd(::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(mount_fd.valid());
+  auto read_handle = [&](Handle& h) -> std::string {
+    antares::fs::mirror::Fd fd(::open_by_handle_at(mount_fd.get(), h.fh(), O_RDONLY));
+    if (!fd.valid()) return std::string("<") + strerror(errno) + ">";
+    return slurp("/proc/self/fd/" + std::to_string(fd.get()));
+  };
+  auto h_filled = handle_of("filled"), h_pending = handle_of("pending"), h_removed = handle_of("removed");
+  const uint64_t pending_ino = lstat_of(dir.path() + "/pending")->st_ino;
+  const uint64_t filled_ino = lstat_of(dir.path() + "/filled")->st_ino;
+
+  // Off (strategy none): a replaced file's handle is stale at once.
+  http->add_file("/", "filled", "filled, version two");
+  clock.advance(kTtl);
+  ASSERT_TRUE(store.ensure_dir("").ok());
+  EXPECT_EQ(read_handle(*h_filled), "<" + std::string(strerror(ESTALE)) + ">");
+  EXPECT_EQ(store.open_kept(filled_ino, O_RDONLY).err(), ENOENT);
+  ASSERT_TRUE(store.ensure_file("filled").ok());
+  h_filled = handle_of("filled");
+  const uint64_t filled2_ino = lstat_of(dir.path() + "/filled")->st_ino;
+
+  store.set_keep_replaced(true);
+  http->add_file("/", "filled", "filled, version three");
+  http->add_file("/", "pending", "pending, version two");
+  http->remove("/", "removed");
+  clock.advance(kTtl);
+  ASSERT_TRUE(store.ensure_dir("").ok());
+  ASSERT_NE(lstat_of(dir.path() + "/filled")->st_ino, filled2_ino) << "replaced";
+  EXPECT_FALSE(lstat_of(dir.path() + "/removed"));
+  EXPECT_EQ(read_handle(*h_filled), "filled, version two") << "the version the handle was made for";
+  EXPECT_EQ(read_handle(*h_removed), "removed, version one");
+  {
+    auto fd = store.open_kept(filled2_ino, O_RDONLY);
+    ASSERT_TRUE(fd.ok()) << fd.error().describe();
+    EXPECT_EQ(slurp("/proc/self/fd/" + std::to_string(fd->get())), "filled, version two");
+  }
+  // The placeholder replaced before it was filled: never its zeros, but its own version's bytes once filled.
+  EXPECT_FALSE(store.content_ready(pending_ino));
+  ASSERT_TRUE(store.fill_kept(pending_ino).ok());
+  EXPECT_TRUE(store.content_ready(pending_ino));
+  EXPECT_EQ(read_handle(*h_pending), "pending, version one");
+  EXPECT_EQ(lstat_of(dir.path() + "/pending")->st_size, std::string("pending, version two").size());
+  EXPECT_EQ(store.stats().kept.load(), 3u);
+  EXPECT_EQ(names_in(dir.path()).size(), 2u) << "the attic is outside the mirror";
+
+  // Kept for keep_for only.
+  clock.advance(2s);
+  EXPECT_EQ(store.open_kept(filled2_ino, O_RDONLY).err(), ENOENT);
+  EXPECT_EQ(read_handle(*h_filled), "<" + std::string(strerror(ESTALE)) + ">");
+  EXPECT_EQ(store.fill_kept(pending_ino).err(), ENOENT);
+}
+
 // ------------------------------------------------------------- concurrency
 
 TEST_P(LowerStoreLive, ConcurrentCallersShareOneFetch) {

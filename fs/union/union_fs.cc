@@ -673,6 +673,12 @@ Result<UniqueFd> UnionFs::open_ref(const NodePtr& n, size_t layer, int flags, Op
   if (!ref) return Error::from_errno(ENOENT, "no such layer object");
   const Identity before = ref->id;
   auto fd = strategy_.get().open(*layers_[layer], *ref, [&] { return path_of(n); }, flags);
+  if (fd.ok() && ref->type != S_IFDIR && fixes() && layers_[layer]->hooks().is_kept(ref->id.ino) &&
+      !in_retry_grace(n)) {
+    // Replaced or removed since the kernel got this node: ESTALE, so the
+    // kernel walks the path again (see the class comment).
+    fd = Error::from_errno(ESTALE, path_of(n) + ": replaced");
+  }
   if (fd.err() == ESTALE) on_estale(n, layer, op);
   if (!(ref->id == before)) {
     // Only directories are re-pointed (see the class comment).
@@ -694,9 +700,42 @@ Result<UniqueFd> UnionFs::open_top(const NodePtr& n, int flags, Op op) {
 void UnionFs::on_estale(const NodePtr& n, size_t layer, Op op) {
   if (fixes()) {
     retire(n);
+    if (!n->is_dir) note_estale_name(n);
     return;
   }
   log_estale(n, layer, op);
+}
+
+void UnionFs::note_estale_name(const NodePtr& n) {
+  NodePtr p = n->parent.lock();
+  if (!p) return;
+  const auto now = Steady::now();
+  std::lock_guard l(retry_mu_);
+  std::erase_if(estale_names_, [&](const auto& e) { return e.second <= now; });
+  if (estale_names_.size() >= 1024) estale_names_.clear();  // a storm: bounded, and the kernel retries at once
+  estale_names_[{raw(p->id), n->name}] = now + kRetryGrace;
+  retry_entries_ = estale_names_.size() + grace_nodes_.size();
+}
+
+void UnionFs::grace_if_retried(const NodePtr& parent, const std::string& name, const NodePtr& c) {
+  if (retry_entries_.load() == 0 || c->is_dir) return;
+  const auto now = Steady::now();
+  std::lock_guard l(retry_mu_);
+  auto it = estale_names_.find({raw(parent->id), name});
+  if (it == estale_names_.end()) return;
+  if (it->second > now) {
+    std::erase_if(grace_nodes_, [&](const auto& e) { return e.second <= now; });
+    grace_nodes_[raw(c->id)] = now + kRetryGrace;
+  }
+  estale_names_.erase(it);
+  retry_entries_ = estale_names_.size() + grace_nodes_.size();
+}
+
+bool UnionFs::in_retry_grace(const NodePtr& n) {
+  if (retry_entries_.load() == 0) return false;
+  std::lock_guard l(retry_mu_);
+  auto it = grace_nodes_.find(raw(n->id));
+  return it != grace_nodes_.end() && it->second > Steady::now();
 }
 
 void UnionFs::retire(const NodePtr& n) {
@@ -761,7 +800,7 @@ void UnionFs::track_close(NodeId node, int fd) {
 Result<struct stat> UnionFs::stat_node(const NodePtr& n, Op op) {
   int top = top_layer(n);
   Error why = Error::from_errno(ENOENT, path_of(n));
-  if (top >= 0 && !n->retired.load()) {
+  if (top >= 0 && (!n->retired.load() || in_retry_grace(n))) {
     auto fd = open_ref(n, size_t(top), O_PATH, op);
     if (fd.ok()) {
       auto stx = statx_at(fd->get(), "");
@@ -800,6 +839,7 @@ Result<Entry> UnionFs::lookup_once(NodeId parent, const std::string& name) {
   if (!p) return Error::from_errno(ESTALE, "unknown node");
   auto c = child(p, name);
   if (!c.ok()) return c.error();
+  grace_if_retried(p, name, *c);
   return entry_for(*c, Op::lookup);
 }
 
@@ -1043,8 +1083,17 @@ Result<UniqueFd> UnionFs::open_once(NodeId node, int flags, OpenDetails* details
   // them: the node is superseded, never served as a placeholder's zeros.
   auto ref = ref_at(n, size_t(top));
   if (ref && !layers_[size_t(top)]->hooks().content_ready(ref->id.ino)) {
-    on_estale(n, size_t(top), Op::open);
-    return Error::from_errno(ESTALE, "open " + path_of(n) + ": superseded before its content arrived");
+    // Replaced before its bytes came: if its owner still keeps the object
+    // (the version this node stands for), it gets them, with no lock held.
+    LayerHooks& hooks = layers_[size_t(top)]->hooks();
+    const uint64_t ino = ref->id.ino;
+    lk.unlock();
+    const bool filled = hooks.fill_kept(ino).ok() && hooks.content_ready(ino);
+    lk.lock();
+    if (!filled) {
+      on_estale(n, size_t(top), Op::open);
+      return Error::from_errno(ESTALE, "open " + path_of(n) + ": superseded before its content arrived");
+    }
   }
   if (details) details->read_only_layer = !layers_[size_t(top)]->writable();
   return fd;

@@ -17,6 +17,14 @@
 // use of a retired node answers ESTALE on purpose: the kernel then walks the
 // path again (LOOKUP_REVAL) and meets the new node, so callers never see it.
 // (Directories have no pages: their refs are re-pointed instead.)
+// The kernel retries only once: if the object behind the new node is
+// replaced again between that lookup and the operation, a layer that keeps
+// replaced objects for a while (LayerHooks::open_kept; the lower store does)
+// serves the node's own object instead, as a local filesystem serves the
+// inode a lookup found. Only then: a node handed out by a lookup that
+// followed an ESTALE of its name gets kRetryGrace to use its kept object;
+// any other use of a replaced object is ESTALE as above, so a cached
+// dentry never serves an old version where the re-walk finds the new one.
 //
 // Scale. A node holds its name relative to its parent and one small LayerRef
 // per layer it is in (no paths, no per-path maps): paths are computed from
@@ -43,6 +51,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -253,6 +262,11 @@ class UnionFs {
   Result<UniqueFd> open_top(const NodePtr& n, int flags, Op op);
   // The ESTALE of a handle use: the fixes retire the node, none logs the bug.
   void on_estale(const NodePtr& n, size_t layer, Op op);
+  // The kernel's retry (see the class comment): names whose node met ESTALE,
+  // and nodes a lookup of such a name handed out, for kRetryGrace.
+  void note_estale_name(const NodePtr& n);
+  void grace_if_retried(const NodePtr& parent, const std::string& name, const NodePtr& c);
+  bool in_retry_grace(const NodePtr& n);
   void retire(const NodePtr& n);
   bool fixes() const;
   // Changes the layers' owners completed so far, all layers together.
@@ -344,6 +358,12 @@ class UnionFs {
   std::unordered_map<Identity, std::weak_ptr<Node>, IdentityHash> upper_links_;  // guarded by links_mu_
   // track_open: node id -> (fd, read-only layer).
   mutable std::mutex open_mu_;
+  static constexpr std::chrono::milliseconds kRetryGrace{1000};
+  using Steady = std::chrono::steady_clock;
+  std::mutex retry_mu_;  // leaf
+  std::map<std::pair<uint64_t, std::string>, Steady::time_point> estale_names_;  // guarded by retry_mu_
+  std::unordered_map<uint64_t, Steady::time_point> grace_nodes_;                // guarded by retry_mu_
+  std::atomic<size_t> retry_entries_{0};  // estale_names_ + grace_nodes_: 0 skips the lock
   std::unordered_map<uint64_t, std::vector<std::pair<int, bool>>> open_files_;  // guarded by open_mu_
   // prepare_copy_up -> copy_up, by node id.
   std::mutex prepared_mu_;

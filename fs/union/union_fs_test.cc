@@ -367,6 +367,76 @@ TEST_F(UnionTest, SwitchingFromNoneHealsStaleNodes) {
   EXPECT_EQ(*kernel_read(*fs_, lookup(kRootNode, "a"), "BUCK", buck), "v2");
 }
 
+// A lower layer whose owner keeps each file it replaces for a while (as the
+// lower store does under the fixes): hard-linked into an attic by inode.
+class KeepingHooks : public LayerHooks {
+ public:
+  explicit KeepingHooks(std::string attic) : attic_(std::move(attic)) {}
+  void replace(const std::string& path, const std::string& data) {
+    struct stat st;
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    ASSERT_EQ(::link(path.c_str(), (attic_ + "/" + std::to_string(st.st_ino)).c_str()), 0);
+    kept_.insert(st.st_ino);
+    replace_file(path, data);
+  }
+  Result<UniqueFd> open_kept(uint64_t ino, int flags) override {
+    if (!kept_.count(ino)) return Error::from_errno(ENOENT, "not kept");
+    UniqueFd fd(::open((attic_ + "/" + std::to_string(ino)).c_str(), flags | O_CLOEXEC));
+    if (!fd.valid()) return Error::from_errno(errno, "open kept");
+    return fd;
+  }
+  bool is_kept(uint64_t ino) override { return kept_.count(ino) > 0; }
+
+ private:
+  std::string attic_;
+  std::set<uint64_t> kept_;
+};
+
+// The kernel retries an ESTALE once: a file replaced again between that
+// retry's lookup and its open is served the object the lookup found, if the
+// layer still keeps it. Outside a retry, a kept object is never served: a
+// node the kernel cached before a change answers ESTALE, so the re-walk finds
+// the new version.
+TEST_F(UnionTest, AFileReplacedAgainDuringTheKernelsRetryIsServedItsKeptObject) {
+  for (const char* strategy : {"A", "C", "auto"}) {
+    SCOPED_TRACE(strategy);
+    const std::string attic = tmp_ / (std::string("attic-") + strategy);
+    std::filesystem::create_directories(attic);
+    const std::string path = tmp_ / "lower/a/src.c";
+    replace_file(path, "v1");
+    KeepingHooks keeper(attic);
+    mount(strategy, &keeper);
+    // What the daemon does with the owner's change events under auto (B's half).
+    struct {
+      KeepingHooks& k;
+      UnionFs* fs;
+      bool events;
+      void replace(const std::string& p, const std::string& data) {
+        k.replace(p, data);
+        if (events) fs->on_layer_change(2, {{LayerChange::Kind::replaced, "a/src.c"}});
+      }
+    } hooks{keeper, fs_.get(), std::string(strategy) == "auto"};
+    NodeId a = lookup(kRootNode, "a");
+    NodeId n1 = lookup(a, "src.c");
+    hooks.replace(path, "v2");
+    EXPECT_EQ(fs_->open(n1, O_RDONLY).err(), ESTALE) << "a cached node of a replaced file: the kernel re-walks";
+    NodeId n2 = lookup(a, "src.c");  // the kernel's retry
+    ASSERT_NE(raw(n2), raw(n1));
+    hooks.replace(path, "v3");  // replaced again before the retry's open
+    EXPECT_EQ(read(n2), "v2") << "the object the retry's lookup found";
+    auto st = fs_->getattr(n2);
+    ASSERT_TRUE(st.ok()) << st.error().describe();
+    EXPECT_EQ(st->st_size, 2);
+    // A lookup that is not a retry gives no grace.
+    NodeId n3 = lookup(a, "src.c");
+    EXPECT_EQ(read(n3), "v3");
+    hooks.replace(path, "v4");
+    EXPECT_EQ(fs_->open(n3, O_RDONLY).err(), ESTALE);
+    EXPECT_EQ(*kernel_read(*fs_, a, "src.c", n3), "v4");
+    fs_.reset();
+  }
+}
+
 // A lower layer whose owner's fetches can be held at a gate (a slow server),
 // and whose placeholders can be declared unfilled.
 class GatedHooks : public LayerHooks {
