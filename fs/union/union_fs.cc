@@ -700,7 +700,7 @@ Result<UniqueFd> UnionFs::open_top(const NodePtr& n, int flags, Op op) {
 void UnionFs::on_estale(const NodePtr& n, size_t layer, Op op) {
   if (fixes()) {
     retire(n);
-    if (!n->is_dir) note_estale_name(n);
+    note_estale_name(n);
     return;
   }
   log_estale(n, layer, op);
@@ -718,7 +718,7 @@ void UnionFs::note_estale_name(const NodePtr& n) {
 }
 
 void UnionFs::grace_if_retried(const NodePtr& parent, const std::string& name, const NodePtr& c) {
-  if (retry_entries_.load() == 0 || c->is_dir) return;
+  if (retry_entries_.load() == 0) return;
   const auto now = Steady::now();
   std::lock_guard l(retry_mu_);
   auto it = estale_names_.find({raw(parent->id), name});
@@ -731,11 +731,22 @@ void UnionFs::grace_if_retried(const NodePtr& parent, const std::string& name, c
   retry_entries_ = estale_names_.size() + grace_nodes_.size();
 }
 
-bool UnionFs::in_retry_grace(const NodePtr& n) {
+bool UnionFs::in_retry_grace(const NodePtr& n) { return in_retry_grace(n->id); }
+
+bool UnionFs::in_retry_grace(NodeId id) {
   if (retry_entries_.load() == 0) return false;
   std::lock_guard l(retry_mu_);
-  auto it = grace_nodes_.find(raw(n->id));
+  auto it = grace_nodes_.find(raw(id));
   return it != grace_nodes_.end() && it->second > Steady::now();
+}
+
+template <typename R>
+R UnionFs::gone_in_retry(NodeId node, R r) {
+  // The kernel does not retry its retry: an object gone again (and not kept)
+  // is what a local filesystem reports for a name removed after its lookup.
+  if (r.err() == ESTALE && fixes() && in_retry_grace(node))
+    return Error::from_errno(ENOENT, "removed during the kernel's retry: " + r.error().describe());
+  return r;
 }
 
 void UnionFs::retire(const NodePtr& n) {
@@ -862,7 +873,7 @@ void UnionFs::forget(NodeId node, uint64_t nlookup) {
 }
 
 Result<struct stat> UnionFs::getattr(NodeId node) {
-  return retrying([&] { return getattr_once(node); });
+  return gone_in_retry(node, retrying([&] { return getattr_once(node); }));
 }
 
 Result<struct stat> UnionFs::getattr_once(NodeId node) {
@@ -914,7 +925,7 @@ Result<std::string> UnionFs::readlink_once(NodeId node) {
 }
 
 Status UnionFs::opendir(NodeId node) {
-  return retrying([&] { return opendir_once(node); });
+  return gone_in_retry(node, retrying([&] { return opendir_once(node); }));
 }
 
 Status UnionFs::opendir_once(NodeId node) {
@@ -1031,7 +1042,7 @@ Result<std::string> UnionFs::listxattr_once(NodeId node) {
 // ------------------------------------------------------------------------ open
 
 Result<UniqueFd> UnionFs::open(NodeId node, int flags, OpenDetails* details) {
-  return retrying([&] { return open_once(node, flags, details); });
+  return gone_in_retry(node, retrying([&] { return open_once(node, flags, details); }));
 }
 
 Result<UniqueFd> UnionFs::open_once(NodeId node, int flags, OpenDetails* details) {

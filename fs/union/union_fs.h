@@ -267,6 +267,10 @@ class UnionFs {
   void note_estale_name(const NodePtr& n);
   void grace_if_retried(const NodePtr& parent, const std::string& name, const NodePtr& c);
   bool in_retry_grace(const NodePtr& n);
+  bool in_retry_grace(NodeId id);
+  // ESTALE of a node in its retry grace -> ENOENT (the kernel would pass it on).
+  template <typename R>
+  R gone_in_retry(NodeId node, R r);
   void retire(const NodePtr& n);
   bool fixes() const;
   // Changes the layers' owners completed so far, all layers together.

@@ -437,6 +437,24 @@ TEST_F(UnionTest, AFileReplacedAgainDuringTheKernelsRetryIsServedItsKeptObject) 
   }
 }
 
+// The same gap for a directory: removed between the retry's lookup and its
+// opendir (a server-side rename under B's long entry timeouts). The kernel
+// would hand a second ESTALE to the caller; a local filesystem says ENOENT.
+TEST_F(UnionTest, ADirectoryRemovedDuringTheKernelsRetryIsEnoentNotEstale) {
+  mount("B");
+  NodeId b1 = lookup(kRootNode, "b");
+  std::filesystem::remove_all(tmp_ / "lower/b");  // before B's event for it arrives
+  EXPECT_EQ(fs_->opendir(b1).err(), ESTALE) << "the first answer makes the kernel re-walk";
+  write_file(tmp_ / "lower/b/x", "x again");  // a new b, for the retry's lookup
+  NodeId b2 = lookup(kRootNode, "b");
+  std::filesystem::remove_all(tmp_ / "lower/b");  // and gone again
+  EXPECT_EQ(fs_->opendir(b2).err(), ENOENT);
+  EXPECT_EQ(fs_->getattr(b2).err(), ENOENT);
+  // Outside a retry, ESTALE stays what makes the kernel re-walk.
+  write_file(tmp_ / "lower/b/x", "x thrice");
+  ASSERT_EQ(fs_->lookup(kRootNode, "b").err(), 0);
+}
+
 // A lower layer whose owner's fetches can be held at a gate (a slow server),
 // and whose placeholders can be declared unfilled.
 class GatedHooks : public LayerHooks {
