@@ -742,9 +742,22 @@ bool UnionFs::in_retry_grace(NodeId id) {
 
 template <typename R>
 R UnionFs::gone_in_retry(NodeId node, R r) {
+  if (retry_entries_.load() == 0) return r;
+  bool in_grace = false;
+  {
+    // The retry is one call: the grace ends with it. (An fd it opened keeps
+    // its object; fstat is answered through it.)
+    std::lock_guard l(retry_mu_);
+    auto it = grace_nodes_.find(raw(node));
+    if (it != grace_nodes_.end()) {
+      in_grace = it->second > Steady::now();
+      grace_nodes_.erase(it);
+      retry_entries_ = estale_names_.size() + grace_nodes_.size();
+    }
+  }
   // The kernel does not retry its retry: an object gone again (and not kept)
   // is what a local filesystem reports for a name removed after its lookup.
-  if (r.err() == ESTALE && fixes() && in_retry_grace(node))
+  if (in_grace && r.err() == ESTALE && fixes())
     return Error::from_errno(ENOENT, "removed during the kernel's retry: " + r.error().describe());
   return r;
 }
