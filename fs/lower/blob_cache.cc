@@ -42,7 +42,8 @@ void for_each_blob(int fd, F f) {
   if (!names) return;
   for (const auto& n : *names) {
     if (mirror::is_temp_name(n)) {
-      ::unlinkat(fd, n.c_str(), 0);
+      // A leftover of an earlier process; ours may be a put in flight.
+      if (!mirror::is_own_temp_name(n)) ::unlinkat(fd, n.c_str(), 0);
       continue;
     }
     if (!is_blob_name(n)) continue;

@@ -35,6 +35,7 @@ using test::LiveMega;
 using test::lstat_of;
 using test::names_in;
 using test::slurp;
+using test::Recorder;
 using Kind = LayerChange::Kind;
 
 constexpr Clock::Duration kTtl = 5s;
@@ -104,26 +105,6 @@ void expect_mirror_matches(LiveMega& mega, const std::string& root) {
     EXPECT_EQ(have, want) << "dir '" << rel << "'";
   }
 }
-
-struct Recorder {
-  std::mutex mu;
-  std::vector<LayerChange> events;
-  std::atomic<int> begins{0}, ends{0};
-  LayerChangeListener listener() {
-    return {[this] { begins++; },
-            [this](const std::vector<LayerChange>& ev) {
-              std::lock_guard l(mu);
-              events.insert(events.end(), ev.begin(), ev.end());
-              ends++;
-            }};
-  }
-  bool has(Kind k, const std::string& path) {
-    std::lock_guard l(mu);
-    for (const auto& e : events)
-      if (e.kind == k && e.path == path) return true;
-    return false;
-  }
-};
 
 LowerStoreOptions merkle_options() {
   LowerStoreOptions o;

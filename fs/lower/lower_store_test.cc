@@ -28,6 +28,7 @@ using test::FakeMega;
 using test::LiveMega;
 using test::lstat_of;
 using test::slurp;
+using test::Recorder;
 using Kind = LayerChange::Kind;
 
 constexpr Clock::Duration kTtl = 5s;
@@ -60,26 +61,6 @@ void ensure_parents(LowerStore& store, const std::string& rel) {
     ASSERT_TRUE(st.ok()) << st.error().describe();
   }
 }
-
-struct Recorder {
-  std::mutex mu;
-  std::vector<LayerChange> events;
-  std::atomic<int> begins{0}, ends{0};
-  LayerChangeListener listener() {
-    return {[this] { begins++; },
-            [this](const std::vector<LayerChange>& ev) {
-              std::lock_guard l(mu);
-              events.insert(events.end(), ev.begin(), ev.end());
-              ends++;
-            }};
-  }
-  bool has(Kind k, const std::string& path) {
-    std::lock_guard l(mu);
-    for (const auto& e : events)
-      if (e.kind == k && e.path == path) return true;
-    return false;
-  }
-};
 
 // Every live test runs under both refresh modes: the mirror, the
 // replacement of changed files and the failures behave alike; only what

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -20,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/oid.h"
+#include "fs/layers/layer_change.h"
 #include "fs/remote/mega_client.h"
 #include "mock-mega/admin_client.h"
 #include "mock-mega/server.h"
@@ -243,6 +245,27 @@ class FakeMega : public remote::HttpClient {
   nlohmann::json cl_ = nlohmann::json::array();
   Hook hook_;
   std::vector<std::string> urls_;
+};
+
+// Collects what a LowerStore announces to its listener.
+struct Recorder {
+  std::mutex mu;
+  std::vector<LayerChange> events;
+  std::atomic<int> begins{0}, ends{0};
+  LayerChangeListener listener() {
+    return {[this] { begins++; },
+            [this](const std::vector<LayerChange>& ev) {
+              std::lock_guard l(mu);
+              events.insert(events.end(), ev.begin(), ev.end());
+              ends++;
+            }};
+  }
+  bool has(LayerChange::Kind k, const std::string& path) {
+    std::lock_guard l(mu);
+    for (const auto& e : events)
+      if (e.kind == k && e.path == path) return true;
+    return false;
+  }
 };
 
 inline std::shared_ptr<FakeMega> fake_mega() { return std::make_shared<FakeMega>(); }

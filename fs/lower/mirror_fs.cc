@@ -162,6 +162,10 @@ std::string next_temp_name() {
 }
 }  // namespace
 
+bool is_own_temp_name(std::string_view name) {
+  return name.starts_with(std::string(kTempPrefix) + std::to_string(::getpid()) + "-");
+}
+
 Result<std::pair<Fd, std::string>> create_temp_file(int dirfd, mode_t mode) {
   for (int i = 0; i < 100; ++i) {
     std::string name = next_temp_name();

@@ -25,6 +25,8 @@ using Fd = antares::UniqueFd;  // owns one file descriptor
 // the directories (readdir of the filesystem) must hide such names.
 inline constexpr std::string_view kTempPrefix = ".antares-tmp-";
 inline bool is_temp_name(std::string_view name) { return name.starts_with(kTempPrefix); }
+// A temp name this process made (it may be in flight): only others' are leftovers.
+bool is_own_temp_name(std::string_view name);
 
 // nullptr if `name` is usable as one path component, else why not:
 // empty, ".", "..", '/', NUL, longer than 255 bytes, or our temp prefix.

@@ -853,7 +853,13 @@ Result<struct stat> UnionFs::stat_node(const NodePtr& n, Op op) {
 // ------------------------------------------------------------ reading operations
 
 Result<Entry> UnionFs::lookup(NodeId parent, const std::string& name) {
-  return retrying([&] { return lookup_once(parent, name); });
+  auto r = retrying([&] { return lookup_once(parent, name); });
+  // A child whose object was replaced answers ESTALE once, is retired and
+  // its directory's children dropped: the name's next lookup finds the
+  // current object, or none. Only a stale parent is the kernel's to re-walk
+  // (then every try answers ESTALE at once).
+  for (int i = 0; i < 2 && r.err() == ESTALE && fixes(); ++i) r = lookup_once(parent, name);
+  return r;
 }
 
 Result<Entry> UnionFs::lookup_once(NodeId parent, const std::string& name) {

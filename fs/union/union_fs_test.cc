@@ -461,6 +461,33 @@ TEST_F(UnionTest, ADirectoryRemovedDuringTheKernelsRetryIsEnoentNotEstale) {
   EXPECT_EQ(fs_->lookup(kRootNode, "b").err(), ENOENT);
 }
 
+// A lookup answers for a name, and a name always has a current answer: a
+// child the directory's cache still holds whose object was replaced (the
+// lower store keeps the directory's mtime when a new version lands, so A's
+// and C's re-check cannot see it) is looked up again, never ESTALE. An
+// ESTALE from LOOKUP would cost the kernel its one retry of the whole walk.
+TEST_F(UnionTest, LookupOfANameWhoseCachedObjectWasReplacedFindsTheNewOne) {
+  for (const char* strategy : {"A", "B", "C", "auto"}) {
+    SCOPED_TRACE(strategy);
+    const std::string path = tmp_ / "lower/a/src.c";
+    replace_file(path, "v1");
+    mount(strategy);
+    NodeId a = lookup(kRootNode, "a");
+    NodeId n1 = lookup(a, "src.c");
+    struct stat dir_before;
+    ASSERT_EQ(::stat((tmp_ / "lower/a").c_str(), &dir_before), 0);
+    replace_file(path, "v2");
+    const struct timespec keep[2] = {dir_before.st_atim, dir_before.st_mtim};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (tmp_ / "lower/a").c_str(), keep, 0), 0);
+    auto e = fs_->lookup(a, "src.c");
+    ASSERT_TRUE(e.ok()) << e.error().describe();
+    EXPECT_NE(raw(e->node), raw(n1));
+    EXPECT_EQ(e->attr.st_size, 2);
+    EXPECT_EQ(read(e->node), "v2");
+    fs_.reset();
+  }
+}
+
 // A lower layer whose owner's fetches can be held at a gate (a slow server),
 // and whose placeholders can be declared unfilled.
 class GatedHooks : public LayerHooks {
