@@ -11,6 +11,7 @@
 #include <grp.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 
 #include <gtest/gtest.h>
 
@@ -293,6 +294,30 @@ TEST_P(PosixE2E, AttributesDoNotChangeWhenContentIsFetched) {
   const struct stat d3 = lstat_of(mnt(rel(dir)));
   EXPECT_EQ(d2.st_ctim.tv_nsec, d3.st_ctim.tv_nsec);
   EXPECT_EQ(d2.st_mtim.tv_nsec, d3.st_mtim.tv_nsec);
+}
+
+// The lower store keeps its bookkeeping (a file's oid and state) in
+// user.antares.* xattrs on the mirror: never the user's to see, copy or set,
+// as overlayfs keeps trusted.overlay.* to itself.
+TEST_P(PosixE2E, TheFilesystemsOwnXattrsAreNeverShownNorCopiedUp) {
+  mount();
+  const std::string file = mnt(rel(lower_only_files(mega_, 1)[0]));
+  ASSERT_TRUE(testing::read_whole(file));  // materialized: its xattr says so
+  char names[4096];
+  ssize_t n = ::listxattr(file.c_str(), names, sizeof names);
+  ASSERT_GE(n, 0) << strerror(errno);
+  for (ssize_t i = 0; i < n; i += ssize_t(std::strlen(names + i)) + 1)
+    EXPECT_NE(std::string(names + i).rfind("user.antares.", 0), 0u) << names + i;
+  char v[256];
+  EXPECT_EQ(::getxattr(file.c_str(), "user.antares.oid", v, sizeof v), -1);
+  EXPECT_EQ(errno, ENODATA);
+  EXPECT_EQ(::setxattr(file.c_str(), "user.antares.oid", "x", 1, 0), -1);
+  EXPECT_EQ(errno, EPERM);
+  // Copy-up (a write) takes the user's xattrs, not ours.
+  ASSERT_EQ(::setxattr(file.c_str(), "user.mine", "1", 1, 0), 0) << strerror(errno);
+  n = ::listxattr(file.c_str(), names, sizeof names);
+  ASSERT_GE(n, 0);
+  EXPECT_EQ(std::string(names, size_t(n)), std::string("user.mine", 10));
 }
 
 TEST_P(PosixE2E, TarSeesNoFileChangeAfterAServerChange) {

@@ -88,6 +88,13 @@ std::pair<std::string, std::string> split_parent(const std::string& path) {
 
 bool internal_name(const std::string& name) { return name.rfind(kCopyUpPrefix, 0) == 0; }
 
+// Extended attributes the filesystem keeps to itself: overlayfs-style
+// whiteout/opaque markers, and the lower store's bookkeeping (user.antares.*).
+// Never listed, read, set, removed or copied up for a caller.
+bool reserved_xattr(const std::string& name) {
+  return name.rfind("trusted.overlay.", 0) == 0 || name.rfind("user.antares.", 0) == 0;
+}
+
 Status copy_xattrs(int src_fd, int dst_fd) {
   std::string src = proc_fd(src_fd), dst = proc_fd(dst_fd);
   ssize_t n = ::listxattr(src.c_str(), nullptr, 0);
@@ -98,7 +105,7 @@ Status copy_xattrs(int src_fd, int dst_fd) {
   for (size_t i = 0; i < size_t(n);) {
     std::string name(names.c_str() + i);
     i += name.size() + 1;
-    if (name.rfind("trusted.overlay.", 0) == 0) continue;
+    if (reserved_xattr(name)) continue;
     ssize_t len = ::getxattr(src.c_str(), name.c_str(), nullptr, 0);
     if (len < 0) continue;
     std::string value(size_t(len), '\0');
@@ -1025,7 +1032,7 @@ Result<std::string> UnionFs::getxattr(NodeId node, const std::string& name) {
 }
 
 Result<std::string> UnionFs::getxattr_once(NodeId node, const std::string& name) {
-  if (name.rfind("trusted.overlay.", 0) == 0) return Error::from_errno(ENODATA, name);
+  if (reserved_xattr(name)) return Error::from_errno(ENODATA, name);
   Shared lk(tree_mu_);
   auto n = find(node);
   if (!n) return Error::from_errno(ESTALE, "unknown node");
@@ -1053,7 +1060,7 @@ Result<std::string> UnionFs::listxattr_once(NodeId node) {
   for (size_t i = 0; i < all->size();) {
     std::string nm(all->c_str() + i);
     i += nm.size() + 1;
-    if (nm.rfind("trusted.overlay.", 0) != 0) out += nm + '\0';
+    if (!reserved_xattr(nm)) out += nm + '\0';
   }
   return out;
 }
@@ -1795,7 +1802,7 @@ Result<struct stat> UnionFs::setattr_locked(NodeId node, const struct stat& attr
 }
 
 Status UnionFs::setxattr(NodeId node, const std::string& name, const std::string& value, int flags) {
-  if (name.rfind("trusted.overlay.", 0) == 0) return Error::from_errno(EPERM, name);
+  if (reserved_xattr(name)) return Error::from_errno(EPERM, name);
   return with_content(node, [&] { return setxattr_locked(node, name, value, flags); });
 }
 
@@ -1812,7 +1819,7 @@ Status UnionFs::setxattr_locked(NodeId node, const std::string& name, const std:
 }
 
 Status UnionFs::removexattr(NodeId node, const std::string& name) {
-  if (name.rfind("trusted.overlay.", 0) == 0) return Error::from_errno(EPERM, name);
+  if (reserved_xattr(name)) return Error::from_errno(EPERM, name);
   return with_content(node, [&] { return removexattr_locked(node, name); });
 }
 
