@@ -40,6 +40,7 @@ Caller caller(fuse_req_t req) {
 // An open directory: its listing, taken at the first READDIR (offset 0) and
 // served from this snapshot for the rest of that pass.
 struct DirHandle {
+  UniqueFd fd;  // O_PATH, tracked: answers fstat if the directory is removed while open
   bool listed = false;
   std::vector<DirEntry> entries;
 };
@@ -232,15 +233,22 @@ void op_fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
 
 void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto& a = prepared(req);
-  if (auto st = a.fs().opendir(node(ino)); !st.ok()) return a.reply_error(req, FuseOp::opendir, st.error());
+  OpenDetails details;
+  auto fd = a.fs().opendir(node(ino), &details);
+  if (!fd.ok()) return a.reply_error(req, FuseOp::opendir, fd.error());
   auto* h = new DirHandle;
+  h->fd = std::move(*fd);
+  a.fs().track_open(node(ino), h->fd.get(), details);
   fi->fh = reinterpret_cast<uint64_t>(h);
   // Where every change is invalidated, the kernel may keep the listing
   // across opens (notify_inval_inode of the directory drops it).
   fi->cache_readdir = a.timeouts().keep_cache.load();
   fi->keep_cache = fi->cache_readdir;
   a.count(FuseOp::opendir, 0);
-  if (fuse_reply_open(req, fi) != 0) delete h;
+  if (fuse_reply_open(req, fi) != 0) {
+    a.fs().track_close(node(ino), h->fd.get());
+    delete h;
+  }
 }
 
 void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
@@ -267,8 +275,10 @@ void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
   fuse_reply_buf(req, buf.data(), used);
 }
 
-void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  delete reinterpret_cast<DirHandle*>(fi->fh);
+void op_releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto* h = reinterpret_cast<DirHandle*>(fi->fh);
+  self(req).fs().track_close(node(ino), h->fd.get());
+  delete h;
   self(req).count(FuseOp::releasedir, 0);
   fuse_reply_err(req, 0);
 }

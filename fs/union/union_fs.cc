@@ -707,7 +707,6 @@ Result<UniqueFd> UnionFs::open_top(const NodePtr& n, int flags, Op op) {
 void UnionFs::on_estale(const NodePtr& n, size_t layer, Op op) {
   if (fixes()) {
     retire(n);
-    note_estale_name(n);
     return;
   }
   log_estale(n, layer, op);
@@ -718,9 +717,11 @@ void UnionFs::note_estale_name(const NodePtr& n) {
   if (!p) return;
   const auto now = Steady::now();
   std::lock_guard l(retry_mu_);
-  std::erase_if(estale_names_, [&](const auto& e) { return e.second <= now; });
+  std::erase_if(estale_names_, [&](const auto& e) { return e.second.until <= now; });
   if (estale_names_.size() >= 1024) estale_names_.clear();  // a storm: bounded, and the kernel retries at once
-  estale_names_[{raw(p->id), n->name}] = now + kRetryGrace;
+  Retries& r = estale_names_[{raw(p->id), n->name}];
+  r.until = now + kRetryGrace;
+  r.count++;
   retry_entries_ = estale_names_.size() + grace_nodes_.size();
 }
 
@@ -730,11 +731,16 @@ void UnionFs::grace_if_retried(const NodePtr& parent, const std::string& name, c
   std::lock_guard l(retry_mu_);
   auto it = estale_names_.find({raw(parent->id), name});
   if (it == estale_names_.end()) return;
-  if (it->second > now) {
-    std::erase_if(grace_nodes_, [&](const auto& e) { return e.second <= now; });
-    grace_nodes_[raw(c->id)] = now + kRetryGrace;
+  if (it->second.until <= now) {
+    estale_names_.erase(it);
+  } else {
+    // Kept until it expires: the kernel's re-walk may look the name up twice
+    // (revalidation, then a fresh lookup) and meet a newer node the second time.
+    std::erase_if(grace_nodes_, [&](const auto& e) { return e.second.until <= now; });
+    Retries& g = grace_nodes_[raw(c->id)];
+    g.until = it->second.until;
+    g.count = std::max(g.count, it->second.count);
   }
-  estale_names_.erase(it);
   retry_entries_ = estale_names_.size() + grace_nodes_.size();
 }
 
@@ -744,7 +750,7 @@ bool UnionFs::in_retry_grace(NodeId id) {
   if (retry_entries_.load() == 0) return false;
   std::lock_guard l(retry_mu_);
   auto it = grace_nodes_.find(raw(id));
-  return it != grace_nodes_.end() && it->second > Steady::now();
+  return it != grace_nodes_.end() && it->second.until > Steady::now();
 }
 
 template <typename R>
@@ -752,20 +758,45 @@ R UnionFs::gone_in_retry(NodeId node, R r) {
   if (retry_entries_.load() == 0) return r;
   bool in_grace = false;
   {
-    // The retry is one call: the grace ends with it. (An fd it opened keeps
-    // its object; fstat is answered through it.)
+    // A retry is one call: each ends one caller's grace. (An fd it opened
+    // keeps its object; fstat is answered through it.)
     std::lock_guard l(retry_mu_);
     auto it = grace_nodes_.find(raw(node));
     if (it != grace_nodes_.end()) {
-      in_grace = it->second > Steady::now();
-      grace_nodes_.erase(it);
+      in_grace = it->second.until > Steady::now();
+      if (--it->second.count == 0 || !in_grace) grace_nodes_.erase(it);
       retry_entries_ = estale_names_.size() + grace_nodes_.size();
     }
   }
   // The kernel does not retry its retry: an object gone again (and not kept)
   // is what a local filesystem reports for a name removed after its lookup.
-  if (in_grace && r.err() == ESTALE && fixes())
+  if (in_grace && r.err() == ESTALE && fixes() && name_gone(node))
     return Error::from_errno(ENOENT, "removed during the kernel's retry: " + r.error().describe());
+  return r;
+}
+
+bool UnionFs::name_gone(NodeId node) {
+  NodePtr p;
+  std::string name;
+  {
+    Shared lk(tree_mu_);
+    auto n = find(node);
+    if (!n) return false;
+    p = n->parent.lock();
+    name = n->name;
+  }
+  return p && lookup_once(p->id, name).err() == ENOENT;
+}
+
+template <typename R>
+R UnionFs::answered(NodeId node, R r) {
+  r = gone_in_retry(node, std::move(r));
+  // The kernel walks the path again and repeats the call once: the name's
+  // next lookup hands out a node with one retry's grace.
+  if (r.err() == ESTALE && fixes()) {
+    Shared lk(tree_mu_);
+    if (auto n = find(node)) note_estale_name(n);
+  }
   return r;
 }
 
@@ -899,7 +930,7 @@ void UnionFs::forget(NodeId node, uint64_t nlookup) {
 }
 
 Result<struct stat> UnionFs::getattr(NodeId node) {
-  return gone_in_retry(node, retrying([&] { return getattr_once(node); }));
+  return answered(node, retrying([&] { return getattr_once(node); }));
 }
 
 Result<struct stat> UnionFs::getattr_once(NodeId node) {
@@ -950,25 +981,29 @@ Result<std::string> UnionFs::readlink_once(NodeId node) {
   return std::string(buf, size_t(len));
 }
 
-Status UnionFs::opendir(NodeId node) {
-  return gone_in_retry(node, retrying([&] { return opendir_once(node); }));
+Result<UniqueFd> UnionFs::opendir(NodeId node, OpenDetails* details) {
+  return answered(node, retrying([&] { return opendir_once(node, details); }));
 }
 
-Status UnionFs::opendir_once(NodeId node) {
+Result<UniqueFd> UnionFs::opendir_once(NodeId node, OpenDetails* details) {
   if (auto st = run_dir_hooks(node); !st.ok()) return st.error();
   Shared lk(tree_mu_);
   auto n = find(node);
   if (!n) return Error::from_errno(ESTALE, "unknown node");
   if (!n->is_dir) return Error::from_errno(ENOTDIR, path_of(n));
-  if (top_layer(n) < 0) return Error::from_errno(ENOENT, path_of(n));
+  const int top = top_layer(n);
+  if (top < 0) return Error::from_errno(ENOENT, path_of(n));
   // Upstream re-opens the directory's handle on opendir: ESTALE surfaces
-  // here. The fixes have a fresh listing to show without it.
+  // here. The fixes have a fresh listing to show without loading it again.
+  auto fd = open_ref(n, size_t(top), O_PATH | O_DIRECTORY, Op::opendir);
+  if (!fd.ok()) return fd.error();
+  if (details) details->read_only_layer = !layers_[size_t(top)]->writable();
   {
     std::lock_guard dl(dir_mu(*n));
-    if (fixes() && n->dir->fresh() && !strategy_.get().revalidates()) return {};
+    if (fixes() && n->dir->fresh() && !strategy_.get().revalidates()) return fd;
   }
-  if (auto fd = open_top(n, O_PATH | O_DIRECTORY, Op::opendir); !fd.ok()) return fd.error();
-  return ensure_children(n);
+  if (auto st = ensure_children(n); !st.ok()) return st.error();
+  return fd;
 }
 
 Result<std::vector<DirEntry>> UnionFs::readdir(NodeId node) {
@@ -1068,7 +1103,7 @@ Result<std::string> UnionFs::listxattr_once(NodeId node) {
 // ------------------------------------------------------------------------ open
 
 Result<UniqueFd> UnionFs::open(NodeId node, int flags, OpenDetails* details) {
-  return gone_in_retry(node, retrying([&] { return open_once(node, flags, details); }));
+  return answered(node, retrying([&] { return open_once(node, flags, details); }));
 }
 
 Result<UniqueFd> UnionFs::open_once(NodeId node, int flags, OpenDetails* details) {

@@ -21,10 +21,13 @@
 // replaced again between that lookup and the operation, a layer that keeps
 // replaced objects for a while (LayerHooks::open_kept; the lower store does)
 // serves the node's own object instead, as a local filesystem serves the
-// inode a lookup found. Only then: a node handed out by a lookup that
-// followed an ESTALE of its name gets kRetryGrace to use its kept object;
-// any other use of a replaced object is ESTALE as above, so a cached
-// dentry never serves an old version where the re-walk finds the new one.
+// inode a lookup found. Only then: for kRetryGrace after the kernel was
+// answered ESTALE for a name, a node a lookup of that name hands out may
+// use its kept object, for one call per such ESTALE (concurrent callers
+// each retry once); any other use of a replaced object is ESTALE as above,
+// so a cached dentry never serves an old version where the re-walk finds
+// the new one. A node in its retry whose object is gone and whose name is
+// gone too answers ENOENT, as a local filesystem would.
 //
 // Scale. A node holds its name relative to its parent and one small LayerRef
 // per layer it is in (no paths, no per-path maps): paths are computed from
@@ -176,7 +179,10 @@ class UnionFs {
 
   // Opening a directory: runs its layers' hooks and checks it (upstream
   // re-opens the directory's handle here, so ESTALE shows up at opendir).
-  Status opendir(NodeId node);
+  // Opens a directory: an O_PATH fd of its top layer's directory, which the
+  // caller keeps while the directory is open (track_open), so that fstat of
+  // an open directory removed behind it still answers.
+  Result<UniqueFd> opendir(NodeId node, OpenDetails* details = nullptr);
   // The merged listing ("." and ".." first), sorted by name.
   Result<std::vector<DirEntry>> readdir(NodeId node);
   Result<struct statvfs> statfs();
@@ -271,6 +277,10 @@ class UnionFs {
   // ESTALE of a node in its retry grace -> ENOENT (the kernel would pass it on).
   template <typename R>
   R gone_in_retry(NodeId node, R r);
+  bool name_gone(NodeId node);  // the node's name, looked up now, is ENOENT
+  // What a call gives the kernel: gone_in_retry, and an ESTALE noted for the retry.
+  template <typename R>
+  R answered(NodeId node, R r);
   void retire(const NodePtr& n);
   bool fixes() const;
   // Changes the layers' owners completed so far, all layers together.
@@ -329,7 +339,7 @@ class UnionFs {
   Status access_once(NodeId node);
   Result<std::string> readlink_once(NodeId node);
   Result<UniqueFd> open_once(NodeId node, int flags, OpenDetails* details);
-  Status opendir_once(NodeId node);
+  Result<UniqueFd> opendir_once(NodeId node, OpenDetails* details);
   Result<std::string> getxattr_once(NodeId node, const std::string& name);
   Result<std::string> listxattr_once(NodeId node);
   Result<Entry> link_locked(NodeId node, NodeId new_parent, const std::string& new_name);
@@ -365,8 +375,14 @@ class UnionFs {
   static constexpr std::chrono::milliseconds kRetryGrace{1000};
   using Steady = std::chrono::steady_clock;
   std::mutex retry_mu_;  // leaf
-  std::map<std::pair<uint64_t, std::string>, Steady::time_point> estale_names_;  // guarded by retry_mu_
-  std::unordered_map<uint64_t, Steady::time_point> grace_nodes_;                // guarded by retry_mu_
+  // One retry per ESTALE a caller got: concurrent callers of one name each
+  // get theirs (a count), moved from the name to the node its lookup found.
+  struct Retries {
+    Steady::time_point until;
+    unsigned count = 0;
+  };
+  std::map<std::pair<uint64_t, std::string>, Retries> estale_names_;  // guarded by retry_mu_
+  std::unordered_map<uint64_t, Retries> grace_nodes_;                 // guarded by retry_mu_
   std::atomic<size_t> retry_entries_{0};  // estale_names_ + grace_nodes_: 0 skips the lock
   std::unordered_map<uint64_t, std::vector<std::pair<int, bool>>> open_files_;  // guarded by open_mu_
   // prepare_copy_up -> copy_up, by node id.
