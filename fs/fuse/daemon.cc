@@ -99,7 +99,11 @@ bool Daemon::start_lower_checks() {
     std::unique_lock lk(poll_mu_);
     while (!poll_cv_.wait_for(lk, period, [&] { return checks_stop_; })) {
       lk.unlock();
-      if (lower_->check_due()) lower_checks_run_++;
+      // Only the strategies that tell the kernel what changed (B, auto) keep
+      // long kernel caches that need changes found unasked; under none, A and
+      // C a lookup runs the due check, as upstream's refresh does, and the
+      // mirror never changes behind a kernel that was not told.
+      if (slot_->get().invalidates() && lower_->check_due()) lower_checks_run_++;
       lk.lock();
     }
   });
