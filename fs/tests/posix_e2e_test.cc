@@ -256,12 +256,7 @@ TEST_P(PosixE2E, CopiedUpFileCanBeMappedShared) {
 // first stat to the last, for files and directories, when their content is
 // fetched in between (first read, first listing, and after a server change).
 TEST_P(PosixE2E, AttributesDoNotChangeWhenContentIsFetched) {
-  // Without prefetch: a prefetch worker writing the directory's first listing
-  // while it is stat()ed shows a passing mtime (open bug, docs/benchmarks.md);
-  // this test pins the caller's own listing and fill.
-  auto flags = no_attr_cache();
-  flags.insert(flags.end(), {"--prefetch", "0"});
-  mount(flags);
+  mount(no_attr_cache());
   const std::string file = lower_only_files(mega_, 1)[0];
   const std::string dir = split_repo_path(file).first;
   const struct stat d1 = lstat_of(mnt(rel(dir)));
