@@ -106,11 +106,13 @@ TEST_F(DaemonTest, KernelTimeoutsFollowTheRefreshMode) {
 }
 
 // The background check: a change upstream is found and applied once the TTL
-// has passed although nothing asks the store for a directory.
+// has passed although nothing asks the store for a directory. Only under the
+// strategies that tell the kernel what changed (B, auto): under none, A and C
+// the mirror must not change behind kernel caches nobody invalidates.
 TEST_F(DaemonTest, MerkleBackgroundCheckFindsChangesWithoutRequests) {
   DaemonOptions o = options();
   o.prefetch = 0;
-  o.strategy = "none";  // no kernel session here: nothing to invalidate
+  o.strategy = "none";
   o.ttl = std::chrono::milliseconds(100);
   Daemon d(o);
   auto e = d.prepare();
@@ -127,6 +129,14 @@ TEST_F(DaemonTest, MerkleBackgroundCheckFindsChangesWithoutRequests) {
   ASSERT_TRUE(admin.mutate({{"mutations", nlohmann::json::array({{{"kind", "modify"}, {"path", rel}}})}}).ok());
   EXPECT_TRUE(d.start_lower_checks());
   EXPECT_FALSE(d.start_lower_checks()) << "one thread";
+  // Under none the ticker wakes (every 25 ms here) but never checks.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(d.status_json()["lower"]["background_checks"].get<uint64_t>(), 0u);
+  struct stat still;
+  ASSERT_EQ(::stat(file.c_str(), &still), 0);
+  EXPECT_EQ(still.st_ino, before.st_ino) << "nothing changed the mirror under none";
+  // B: no kernel session here, so its invalidations queue unsent.
+  ASSERT_TRUE(d.set_strategy("B").ok());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   struct stat now = before;
   while (std::chrono::steady_clock::now() < deadline) {
