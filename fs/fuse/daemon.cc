@@ -34,6 +34,7 @@ class LowerHooks final : public LayerHooks {
   Result<UniqueFd> open_kept(uint64_t ino, int flags) override { return s_.open_kept(ino, flags); }
   Status fill_kept(uint64_t ino) override { return s_.fill_kept(ino); }
   bool is_kept(uint64_t ino) override { return s_.is_kept(ino); }
+  Result<struct statx> stat(int fd) override { return s_.stat(fd); }
   bool hidden(std::string_view name) const override { return LowerStore::is_internal_name(name); }
 
  private:
@@ -42,7 +43,12 @@ class LowerHooks final : public LayerHooks {
 
 class ClHooks final : public LayerHooks {
  public:
+  explicit ClHooks(ClBuilder& b) : b_(b) {}
+  Result<struct statx> stat(int fd) override { return b_.stat(fd); }
   bool hidden(std::string_view name) const override { return LowerStore::is_internal_name(name); }
+
+ private:
+  ClBuilder& b_;
 };
 
 namespace {
@@ -168,7 +174,7 @@ std::optional<StartupError> Daemon::prepare() {
   }
 
   lower_hooks_ = std::make_unique<LowerHooks>(*lower_);
-  cl_hooks_ = std::make_unique<ClHooks>();
+  if (cl_) cl_hooks_ = std::make_unique<ClHooks>(*cl_);
   std::vector<std::unique_ptr<Layer>> layers;
   std::optional<StartupError> err;
   auto add_layer = [&](const char* name, const std::string& dir, bool writable, LayerHooks* hooks) -> size_t {

@@ -32,6 +32,8 @@ Result<struct statx> statx_at(int dirfd, const std::string& name) {
   return stx;
 }
 
+Result<struct statx> LayerHooks::stat(int fd) { return statx_at(fd, ""); }
+
 Identity identity_of(const struct statx& stx) {
   Identity id;
   id.ino = stx.stx_ino;

@@ -133,6 +133,10 @@ class LayerHooks {
   // Gives a kept placeholder the bytes of its own version, so that
   // content_ready(ino) holds. ENOENT if `ino` is not kept.
   virtual Status fill_kept(uint64_t /*ino*/) { return Error::from_errno(ENOENT, "not kept"); }
+  // statx of this layer's object open at `fd`, as the union presents it:
+  // the owner may know better than the backing inode (the lower store
+  // answers the mtime it keeps while it writes to an object for itself).
+  virtual Result<struct statx> stat(int fd);
   // Names the owner keeps in the directory for itself (temporary files).
   virtual bool hidden(std::string_view /*name*/) const { return false; }
 };

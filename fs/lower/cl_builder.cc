@@ -102,7 +102,7 @@ Status ClBuilder::write_entry(int root_fd, const std::string& path, const Want& 
   const int dfd = dir->get();
   // A new version of a listed file is not a change of its directory's names.
   std::optional<mirror::KeepDirMtime> same_names;
-  if (replace && ::faccessat(dfd, name.c_str(), F_OK, AT_SYMLINK_NOFOLLOW) == 0) same_names.emplace(dfd);
+  if (replace && ::faccessat(dfd, name.c_str(), F_OK, AT_SYMLINK_NOFOLLOW) == 0) same_names.emplace(dfd, &kept_mtimes_);
   std::string tmp;
   if (want.whiteout()) {
     if (!replace) {

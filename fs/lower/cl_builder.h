@@ -17,6 +17,7 @@
 #include "common/oid.h"
 #include "common/result.h"
 #include "fs/layers/layer_change.h"
+#include "fs/lower/mirror_fs.h"
 #include "fs/remote/mega_client.h"
 
 namespace antares::fs {
@@ -53,6 +54,9 @@ class ClBuilder {
 
   const ClBuilderStats& stats() const { return stats_; }
   const std::string& cl_dir() const { return cl_dir_; }
+  // statx of an object of the layer (fd): a directory's mtime stays the one
+  // it had while a resync renames a new version of a file into it.
+  Result<struct statx> stat(int fd) const { return kept_mtimes_.stat(fd); }
 
  private:
   struct Want {  // desired state of one path
@@ -84,6 +88,7 @@ class ClBuilder {
   const std::string cl_id_;
   const std::string cl_dir_;
   ClBuilderStats stats_;
+  mirror::KeptMtimes kept_mtimes_;  // see stat()
 
   // Lock order: mu_ before listener_mu_. mu_ serializes build/resync and is
   // held across their HTTP calls (only callers of this builder wait on it);

@@ -740,7 +740,7 @@ Status LowerStore::create_entry(int dirfd, const std::string& path, const Item& 
     if (errno != EEXIST) return mirror::errno_error("create placeholder", path);
   }
   // Replace atomically: the old inode is gone the moment the new one appears.
-  mirror::KeepDirMtime same_names(dirfd);  // a new version of a file, not a new name
+  mirror::KeepDirMtime same_names(dirfd, &kept_mtimes_);  // a new version of a file, not a new name
   auto tmp = mirror::create_temp_file(dirfd, 0644);
   if (!tmp) return tmp.error();
   if (::ftruncate(tmp->first.get(), static_cast<off_t>(item.size)) != 0 || !note_ino(tmp->first.get()) ||
@@ -800,7 +800,7 @@ bool LowerStore::apply_listing(int fd, const std::string& rel, DirState& dir, co
   // Writing out a directory's first listing is not a change of the
   // directory: its mtime stays the one it got when it appeared.
   std::optional<mirror::KeepDirMtime> first_listing;
-  if (dir.kind != DirKind::listed) first_listing.emplace(fd);
+  if (dir.kind != DirKind::listed) first_listing.emplace(fd, &kept_mtimes_);
   bool complete = true;
   std::vector<Entry>& old = dir.entries;
   std::vector<Entry> next;
@@ -961,6 +961,7 @@ Status LowerStore::fill_kept(uint64_t ino) {
   if (!fd.valid()) return Error{EIO, 0, "lower: " + mirror::errno_error("open", what).message};
   l.unlock();
   // In place, as ensure_file does: the object keeps its inode and its mtime.
+  mirror::KeptMtimes::Scope quiet(kept_mtimes_, fd.get());
   struct stat before {};
   Status w;
   if (::fstat(fd.get(), &before) != 0 || uint64_t(before.st_ino) != ino) w = mirror::errno_error("stat", what);
@@ -1171,6 +1172,7 @@ Status LowerStore::ensure_file_impl(const std::string& rel) {
     l.unlock();
     // In place (no O_TRUNC, no rename): handles to the placeholder stay valid.
     // Its mtime stays the version's: filling in bytes is not a change.
+    mirror::KeptMtimes::Scope quiet(kept_mtimes_, fd.get());
     Status w;
     bool from_cache = false;
     struct stat before {};

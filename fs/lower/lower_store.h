@@ -122,6 +122,7 @@
 #include "common/result.h"
 #include "common/unique_fd.h"
 #include "fs/layers/layer_change.h"
+#include "fs/lower/mirror_fs.h"
 #include "fs/remote/mega_client.h"
 
 namespace antares::fs {
@@ -276,6 +277,11 @@ class LowerStore {
   Status fill_kept(uint64_t ino);
   // Whether `ino` is kept (a replaced or removed file). Lock-free when nothing is.
   bool is_kept(uint64_t ino);
+
+  // statx of a mirror object the union opened (fd): while the store writes
+  // to it for itself (a first listing, a new version renamed in, a
+  // placeholder filled in), the mtime it keeps, never a passing one.
+  Result<struct statx> stat(int fd) const { return kept_mtimes_.stat(fd); }
 
   enum class FileState { untracked, pending, materialized };
   // What the store knows about `rel` (tests, `antares-ctl`); loads nothing.
@@ -441,6 +447,7 @@ class LowerStore {
     uint64_t size;
     Clock::TimePoint until;
   };
+  mirror::KeptMtimes kept_mtimes_;                // see stat()
   int attic_fd_ = -1;                             // O_RDONLY dir fd of opts_.attic, -1 if none
   bool keep_replaced_ = false;                    // guarded by mu_
   std::deque<Kept> kept_;                         // guarded by mu_; oldest first

@@ -16,6 +16,7 @@
 #include <set>
 #include <thread>
 
+#include "fs/layers/layer.h"
 #include "fs/lower/lower_test_util.h"
 #include "fs/lower/mirror_fs.h"
 #include "testing/subprocess.h"
@@ -364,6 +365,47 @@ TEST_P(LowerStoreLive, ChangedSubdirectoryIsRelistedAtOnce) {
 }
 
 // ------------------------------------------------------------- hostile names
+
+// While the store writes to an object for itself, a stat through KeptMtimes
+// answers the mtime it keeps, never the passing one the writes leave until
+// KeepDirMtime puts it back (a stat mid-way through a first listing written
+// out showed the directory changing, then changing back).
+TEST(MirrorKeptMtimes, StatAnswersTheKeptMtimeWhileTheOwnerWrites) {
+  antares::testing::TempDir dir;
+  const std::string d = dir.path() + "/d";
+  ASSERT_EQ(::mkdir(d.c_str(), 0755), 0);
+  const struct timespec old[2] = {{0, UTIME_OMIT}, {1000, 7}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, d.c_str(), old, 0), 0);
+  mirror::Fd fd(::open(d.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(fd.valid());
+  mirror::KeptMtimes kept;
+  auto mtime_sec = [&](bool through_kept) -> int64_t {
+    auto stx = through_kept ? kept.stat(fd.get()) : statx_at(fd.get(), "");
+    EXPECT_TRUE(stx.ok());
+    return stx.ok() ? int64_t(stx->stx_mtime.tv_sec) : -1;
+  };
+  {
+    mirror::KeepDirMtime first_listing(fd.get(), &kept);
+    {
+      mirror::KeptMtimes::Scope second(kept, fd.get());  // another writer of the same directory
+      ASSERT_TRUE(second.ok());
+      EXPECT_EQ(second.mtime().tv_sec, 1000);
+    }
+    mirror::Fd f(::open((d + "/x").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));  // a placeholder written out
+    ASSERT_TRUE(f.valid());
+    EXPECT_GT(mtime_sec(false), 1000) << "the write moved the directory's own mtime";
+    EXPECT_EQ(mtime_sec(true), 1000);
+    auto stx = kept.stat(fd.get());
+    ASSERT_TRUE(stx.ok());
+    EXPECT_EQ(stx->stx_mtime.tv_nsec, 7u);
+  }
+  EXPECT_EQ(mtime_sec(false), 1000) << "put back";
+  EXPECT_EQ(mtime_sec(true), 1000);
+  // Nothing kept: the object's own mtime.
+  const struct timespec later[2] = {{0, UTIME_OMIT}, {2000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, d.c_str(), later, 0), 0);
+  EXPECT_EQ(mtime_sec(true), 2000);
+}
 
 TEST(LowerStoreFake, HostileNamesAreDroppedAndTheRestServed) {
   auto http = test::fake_mega();

@@ -10,6 +10,9 @@
 
 #include <atomic>
 #include <cstring>
+#include <mutex>
+
+#include "fs/layers/layer.h"
 
 namespace antares::fs::mirror {
 
@@ -207,10 +210,55 @@ Status write_whole(int fd, std::string_view data, std::string_view path) {
   return {};
 }
 
-KeepDirMtime::KeepDirMtime(int dirfd) : dirfd_(dirfd) {
+KeptMtimes::Scope::Scope(KeptMtimes& kept, int fd) : kept_(kept) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return;
+  ok_ = true;
+  ino_ = uint64_t(st.st_ino);
+  mtime_ = st.st_mtim;
+  std::lock_guard l(kept_.mu_);
+  // A second writer of the same object keeps the first one's mtime.
+  auto [it, fresh] = kept_.live_.try_emplace(ino_, Live{mtime_, 0});
+  if (!fresh) mtime_ = it->second.mtime;
+  it->second.scopes++;
+}
+
+KeptMtimes::Scope::~Scope() {
+  if (!ok_) return;
+  std::lock_guard l(kept_.mu_);
+  auto it = kept_.live_.find(ino_);
+  if (it != kept_.live_.end() && --it->second.scopes == 0) {
+    kept_.live_.erase(it);
+    kept_.ended_.fetch_add(1, std::memory_order_release);
+  }
+}
+
+Result<struct statx> KeptMtimes::stat(int fd) const {
+  for (int attempt = 0;; ++attempt) {
+    const uint64_t ended = ended_.load(std::memory_order_acquire);
+    auto stx = statx_at(fd, "");
+    if (!stx.ok()) return stx;
+    {
+      std::lock_guard l(mu_);
+      if (auto it = live_.find(stx->stx_ino); it != live_.end()) {
+        stx->stx_mtime = {it->second.mtime.tv_sec, uint32_t(it->second.mtime.tv_nsec), 0};
+        return stx;
+      }
+    }
+    // Not being written now. If no Scope ended since before the statx, none
+    // was live across it either: what it read is the object's own mtime.
+    // Otherwise read again (a writer that just put the mtime back); the
+    // bound only stops a livelock under a storm of unrelated writes.
+    if (ended_.load(std::memory_order_acquire) == ended || attempt == 8) return stx;
+  }
+}
+
+KeepDirMtime::KeepDirMtime(int dirfd, KeptMtimes* kept) : dirfd_(dirfd) {
+  if (kept) scope_.emplace(*kept, dirfd);
   struct stat st;
   ok_ = ::fstat(dirfd, &st) == 0;
   mtime_ = st.st_mtim;
+  if (scope_ && scope_->ok()) mtime_ = scope_->mtime();
 }
 
 KeepDirMtime::~KeepDirMtime() {

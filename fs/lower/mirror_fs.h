@@ -6,11 +6,17 @@
 // the raw errno of the syscall that failed.
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -76,19 +82,61 @@ Result<std::pair<Fd, std::string>> create_temp_file(int dirfd, mode_t mode);
 Result<std::string> create_temp_whiteout(int dirfd);
 // Writes all of data at offset 0 and truncates the file to its length.
 Status write_whole(int fd, std::string_view data, std::string_view path);
+// The objects whose mtime the owner is keeping while it writes to them for
+// itself (a first listing written out, a file's new version renamed into its
+// directory, a placeholder filled in): the mtime is put back afterwards, but
+// a stat between the write and the restore would see a passing one. Readers
+// stat through stat(), which answers the kept mtime meanwhile. Thread-safe.
+class KeptMtimes {
+ public:
+  // Registers fd's object with its current mtime until destroyed: make it
+  // before the first write, destroy it after the mtime is put back.
+  class Scope {
+   public:
+    Scope(KeptMtimes& kept, int fd);
+    ~Scope();
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+    bool ok() const { return ok_; }
+    const struct timespec& mtime() const { return mtime_; }
+
+   private:
+    KeptMtimes& kept_;
+    bool ok_ = false;
+    uint64_t ino_ = 0;
+    struct timespec mtime_ {};
+  };
+  // statx of fd's object (as statx_at(fd, "")), with its kept mtime while a
+  // Scope holds it.
+  Result<struct statx> stat(int fd) const;
+
+ private:
+  struct Live {
+    struct timespec mtime;
+    int scopes;
+  };
+  mutable std::mutex mu_;  // leaf
+  std::unordered_map<uint64_t, Live> live_;  // by inode; guarded by mu_
+  // Scopes ended so far, bumped under mu_ as one leaves live_: a stat that
+  // sees it move may have read a passing mtime whose Scope is gone.
+  std::atomic<uint64_t> ended_{0};
+};
+
 // Keeps a directory's mtime across a change that is not a change of its
 // names: a file replaced by a new inode (how a new version lands), a first
 // listing written out. Readers of the union must not see those as the
 // directory changing (tar's "file changed as we read it"). Records the mtime
-// when made, puts it back when destroyed; best effort.
+// when made, puts it back when destroyed; best effort. With `kept`, stat()
+// answers that mtime throughout.
 class KeepDirMtime {
  public:
-  explicit KeepDirMtime(int dirfd);
+  explicit KeepDirMtime(int dirfd, KeptMtimes* kept = nullptr);
   ~KeepDirMtime();
   KeepDirMtime(const KeepDirMtime&) = delete;
   KeepDirMtime& operator=(const KeepDirMtime&) = delete;
 
  private:
+  std::optional<KeptMtimes::Scope> scope_;  // outlives the restore
   int dirfd_;
   bool ok_ = false;
   struct timespec mtime_ {};

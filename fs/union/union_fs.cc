@@ -865,7 +865,7 @@ Result<struct stat> UnionFs::stat_node(const NodePtr& n, Op op) {
   if (top >= 0 && (!n->retired.load() || in_retry_grace(n))) {
     auto fd = open_ref(n, size_t(top), O_PATH, op);
     if (fd.ok()) {
-      auto stx = statx_at(fd->get(), "");
+      auto stx = layers_[size_t(top)]->hooks().stat(fd->get());
       if (!stx.ok()) return stx.error();
       struct stat st = to_stat(*stx);
       present(st, n, !layers_[size_t(top)]->writable());
@@ -941,7 +941,8 @@ Result<struct stat> UnionFs::getattr_once(NodeId node) {
 }
 
 Result<struct stat> UnionFs::fgetattr(NodeId node, int fd, const OpenDetails& d) {
-  auto stx = statx_at(fd, "");
+  auto stx = d.layer >= 0 && size_t(d.layer) < layers_.size() ? layers_[size_t(d.layer)]->hooks().stat(fd)
+                                                                : statx_at(fd, "");
   if (!stx.ok()) return stx.error();
   struct stat st = to_stat(*stx);
   Shared lk(tree_mu_);
@@ -997,7 +998,10 @@ Result<UniqueFd> UnionFs::opendir_once(NodeId node, OpenDetails* details) {
   // here. The fixes have a fresh listing to show without loading it again.
   auto fd = open_ref(n, size_t(top), O_PATH | O_DIRECTORY, Op::opendir);
   if (!fd.ok()) return fd.error();
-  if (details) details->read_only_layer = !layers_[size_t(top)]->writable();
+  if (details) {
+    details->read_only_layer = !layers_[size_t(top)]->writable();
+    details->layer = top;
+  }
   {
     std::lock_guard dl(dir_mu(*n));
     if (fixes() && n->dir->fresh() && !strategy_.get().revalidates()) return fd;
@@ -1167,7 +1171,10 @@ Result<UniqueFd> UnionFs::open_once(NodeId node, int flags, OpenDetails* details
       return Error::from_errno(ESTALE, "open " + path_of(n) + ": superseded before its content arrived");
     }
   }
-  if (details) details->read_only_layer = !layers_[size_t(top)]->writable();
+  if (details) {
+    details->read_only_layer = !layers_[size_t(top)]->writable();
+    details->layer = top;
+  }
   return fd;
 }
 
@@ -1270,7 +1277,7 @@ Status UnionFs::copy_up(const NodePtr& n) {
   if (!updir.ok()) return updir.error();
   auto src = open_ref(n, top, O_PATH, Op::modify);
   if (!src.ok()) return src.error();
-  auto stx = statx_at(src->get(), "");
+  auto stx = layers_[top]->hooks().stat(src->get());  // the times the union presented
   if (!stx.ok()) return stx.error();
   const mode_t mode = stx->stx_mode;
   const int ud = updir->get();

@@ -104,6 +104,8 @@ struct OpenDetails {
   // The file's layer is read-only (CL, lower): fstat of its fd goes through
   // fgetattr so the attributes match what getattr reports.
   bool read_only_layer = false;
+  // The index of the file's layer; -1 if unknown.
+  int layer = -1;
 };
 
 // The operations the union counts ESTALE for, by layer.

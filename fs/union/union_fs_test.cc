@@ -509,6 +509,56 @@ TEST_F(UnionTest, FstatOfAnOpenDirectoryRemovedBehindItAnswers) {
   }
 }
 
+// A layer's owner may know an object's attributes better than its backing
+// inode (the lower store keeps an mtime while it writes to an object for
+// itself): the union presents what the layer's stat answers, by node and
+// through an open fd, for files and directories.
+class FixedMtimeHooks : public LayerHooks {
+ public:
+  Result<struct statx> stat(int fd) override {
+    auto stx = LayerHooks::stat(fd);
+    if (stx.ok()) stx->stx_mtime = {1234, 5, 0};
+    return stx;
+  }
+};
+
+TEST_F(UnionTest, AttributesAreWhatTheLayersStatAnswers) {
+  FixedMtimeHooks hooks;
+  for (const char* strategy : {"none", "A", "B", "C", "auto"}) {
+    SCOPED_TRACE(strategy);
+    mount(strategy, &hooks);
+    auto b = fs_->lookup(kRootNode, "b");
+    ASSERT_TRUE(b.ok()) << b.error().describe();
+    auto x = fs_->lookup(b->node, "x");
+    ASSERT_TRUE(x.ok()) << x.error().describe();
+    for (const struct stat& st : {b->attr, x->attr, *fs_->getattr(b->node), *fs_->getattr(x->node)}) {
+      EXPECT_EQ(st.st_mtim.tv_sec, 1234);
+      EXPECT_EQ(st.st_mtim.tv_nsec, 5);
+      EXPECT_EQ(st.st_ctim.tv_sec, 1234) << "a read-only layer's ctime is its mtime";
+    }
+    OpenDetails det;
+    auto fd = fs_->open(x->node, O_RDONLY, &det);
+    ASSERT_TRUE(fd.ok()) << fd.error().describe();
+    auto st = fs_->fgetattr(x->node, fd->get(), det);
+    ASSERT_TRUE(st.ok()) << st.error().describe();
+    EXPECT_EQ(st->st_mtim.tv_sec, 1234);
+    OpenDetails ddet;
+    auto dfd = fs_->opendir(b->node, &ddet);
+    ASSERT_TRUE(dfd.ok()) << dfd.error().describe();
+    st = fs_->fgetattr(b->node, dfd->get(), ddet);
+    ASSERT_TRUE(st.ok()) << st.error().describe();
+    EXPECT_EQ(st->st_mtim.tv_sec, 1234);
+    // Copy-up keeps the mtime the union presented.
+    auto w = fs_->open(x->node, O_WRONLY, &det);
+    ASSERT_TRUE(w.ok()) << w.error().describe();
+    struct stat up;
+    ASSERT_EQ(::stat((tmp_ / "upper/b/x").c_str(), &up), 0);
+    EXPECT_EQ(up.st_mtim.tv_sec, 1234);
+    fs_.reset();
+    std::filesystem::remove_all(tmp_ / "upper/b");
+  }
+}
+
 // A lower layer whose owner's fetches can be held at a gate (a slow server),
 // and whose placeholders can be declared unfilled.
 class GatedHooks : public LayerHooks {
