@@ -15,7 +15,12 @@ namespace antares::fs {
 
 namespace {
 
-FuseAdapter& self(fuse_req_t req) { return *static_cast<FuseAdapter*>(fuse_req_userdata(req)); }
+// Every callback starts here: the union learns whose request this thread
+// serves (the kernel retries an ESTALE in the caller's task).
+FuseAdapter& self(fuse_req_t req) {
+  UnionFs::set_request_caller(fuse_req_ctx(req)->pid);
+  return *static_cast<FuseAdapter*>(fuse_req_userdata(req));
+}
 // For requests that use a node's backing object.
 FuseAdapter& prepared(fuse_req_t req) {
   FuseAdapter& a = self(req);

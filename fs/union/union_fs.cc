@@ -712,16 +712,21 @@ void UnionFs::on_estale(const NodePtr& n, size_t layer, Op op) {
   log_estale(n, layer, op);
 }
 
-void UnionFs::note_estale_name(const NodePtr& n) {
+namespace {
+// The caller whose request this thread serves (set_request_caller).
+thread_local pid_t t_request_caller = 0;
+}  // namespace
+
+void UnionFs::set_request_caller(pid_t caller) { t_request_caller = caller; }
+
+void UnionFs::note_estale_name(const NodePtr& n, Op op) {
   NodePtr p = n->parent.lock();
   if (!p) return;
   const auto now = Steady::now();
   std::lock_guard l(retry_mu_);
   std::erase_if(estale_names_, [&](const auto& e) { return e.second.until <= now; });
   if (estale_names_.size() >= 1024) estale_names_.clear();  // a storm: bounded, and the kernel retries at once
-  Retries& r = estale_names_[{raw(p->id), n->name}];
-  r.until = now + kRetryGrace;
-  r.count++;
+  estale_names_[{raw(p->id), n->name, t_request_caller}] = Retry{now + kRetryGrace, op};
   retry_entries_ = estale_names_.size() + grace_nodes_.size();
 }
 
@@ -729,7 +734,7 @@ void UnionFs::grace_if_retried(const NodePtr& parent, const std::string& name, c
   if (retry_entries_.load() == 0) return;
   const auto now = Steady::now();
   std::lock_guard l(retry_mu_);
-  auto it = estale_names_.find({raw(parent->id), name});
+  auto it = estale_names_.find({raw(parent->id), name, t_request_caller});
   if (it == estale_names_.end()) return;
   if (it->second.until <= now) {
     estale_names_.erase(it);
@@ -737,9 +742,7 @@ void UnionFs::grace_if_retried(const NodePtr& parent, const std::string& name, c
     // Kept until it expires: the kernel's re-walk may look the name up twice
     // (revalidation, then a fresh lookup) and meet a newer node the second time.
     std::erase_if(grace_nodes_, [&](const auto& e) { return e.second.until <= now; });
-    Retries& g = grace_nodes_[raw(c->id)];
-    g.until = it->second.until;
-    g.count = std::max(g.count, it->second.count);
+    grace_nodes_[{raw(c->id), t_request_caller}] = it->second;
   }
   retry_entries_ = estale_names_.size() + grace_nodes_.size();
 }
@@ -749,22 +752,24 @@ bool UnionFs::in_retry_grace(const NodePtr& n) { return in_retry_grace(n->id); }
 bool UnionFs::in_retry_grace(NodeId id) {
   if (retry_entries_.load() == 0) return false;
   std::lock_guard l(retry_mu_);
-  auto it = grace_nodes_.find(raw(id));
+  auto it = grace_nodes_.find({raw(id), t_request_caller});
   return it != grace_nodes_.end() && it->second.until > Steady::now();
 }
 
 template <typename R>
-R UnionFs::gone_in_retry(NodeId node, R r) {
+R UnionFs::gone_in_retry(NodeId node, Op op, R r) {
   if (retry_entries_.load() == 0) return r;
   bool in_grace = false;
   {
-    // A retry is one call: each ends one caller's grace. (An fd it opened
-    // keeps its object; fstat is answered through it.)
+    // A retry is one repeated call: it ends its caller's grace. Other calls
+    // on the way (the kernel's permission check asks for attributes) do
+    // not. (An fd the retry opened keeps its object; fstat is answered
+    // through it.)
     std::lock_guard l(retry_mu_);
-    auto it = grace_nodes_.find(raw(node));
+    auto it = grace_nodes_.find({raw(node), t_request_caller});
     if (it != grace_nodes_.end()) {
       in_grace = it->second.until > Steady::now();
-      if (--it->second.count == 0 || !in_grace) grace_nodes_.erase(it);
+      if (it->second.op == op || !in_grace) grace_nodes_.erase(it);
       retry_entries_ = estale_names_.size() + grace_nodes_.size();
     }
   }
@@ -789,13 +794,13 @@ bool UnionFs::name_gone(NodeId node) {
 }
 
 template <typename R>
-R UnionFs::answered(NodeId node, R r) {
-  r = gone_in_retry(node, std::move(r));
+R UnionFs::answered(NodeId node, Op op, R r) {
+  r = gone_in_retry(node, op, std::move(r));
   // The kernel walks the path again and repeats the call once: the name's
   // next lookup hands out a node with one retry's grace.
   if (r.err() == ESTALE && fixes()) {
     Shared lk(tree_mu_);
-    if (auto n = find(node)) note_estale_name(n);
+    if (auto n = find(node)) note_estale_name(n, op);
   }
   return r;
 }
@@ -930,7 +935,7 @@ void UnionFs::forget(NodeId node, uint64_t nlookup) {
 }
 
 Result<struct stat> UnionFs::getattr(NodeId node) {
-  return answered(node, retrying([&] { return getattr_once(node); }));
+  return answered(node, Op::getattr, retrying([&] { return getattr_once(node); }));
 }
 
 Result<struct stat> UnionFs::getattr_once(NodeId node) {
@@ -983,7 +988,7 @@ Result<std::string> UnionFs::readlink_once(NodeId node) {
 }
 
 Result<UniqueFd> UnionFs::opendir(NodeId node, OpenDetails* details) {
-  return answered(node, retrying([&] { return opendir_once(node, details); }));
+  return answered(node, Op::opendir, retrying([&] { return opendir_once(node, details); }));
 }
 
 Result<UniqueFd> UnionFs::opendir_once(NodeId node, OpenDetails* details) {
@@ -1107,7 +1112,7 @@ Result<std::string> UnionFs::listxattr_once(NodeId node) {
 // ------------------------------------------------------------------------ open
 
 Result<UniqueFd> UnionFs::open(NodeId node, int flags, OpenDetails* details) {
-  return answered(node, retrying([&] { return open_once(node, flags, details); }));
+  return answered(node, Op::open, retrying([&] { return open_once(node, flags, details); }));
 }
 
 Result<UniqueFd> UnionFs::open_once(NodeId node, int flags, OpenDetails* details) {

@@ -23,8 +23,11 @@
 // serves the node's own object instead, as a local filesystem serves the
 // inode a lookup found. Only then: for kRetryGrace after the kernel was
 // answered ESTALE for a name, a node a lookup of that name hands out may
-// use its kept object, for one call per such ESTALE (concurrent callers
-// each retry once); any other use of a replaced object is ESTALE as above,
+// use its kept object, for the caller that was answered ESTALE until it
+// repeats that call (the kernel retries in that caller's task, and may ask
+// for attributes on the way; other callers holding the new node neither
+// use the grace up nor are served the kept object);
+// any other use of a replaced object is ESTALE as above,
 // so a cached dentry never serves an old version where the re-walk finds
 // the new one. A node in its retry whose object is gone and whose name is
 // gone too answers ENOENT, as a local filesystem would.
@@ -51,6 +54,7 @@
 
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/types.h>
 
 #include <array>
 #include <atomic>
@@ -62,6 +66,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -144,6 +149,12 @@ class UnionFs {
 
   // Resolves the layers' roots; must succeed before any other call.
   Status init();
+
+  // The process (thread) whose request this thread serves from now on: the
+  // kernel's retry of an ESTALE runs in the task that met it, so the retry's
+  // grace is that caller's (see the class comment). The adapter sets it per
+  // request; 0 (the default) is one anonymous caller.
+  static void set_request_caller(pid_t caller);
 
   Result<Entry> lookup(NodeId parent, const std::string& name);
   void forget(NodeId node, uint64_t nlookup);
@@ -271,18 +282,20 @@ class UnionFs {
   // The ESTALE of a handle use: the fixes retire the node, none logs the bug.
   void on_estale(const NodePtr& n, size_t layer, Op op);
   // The kernel's retry (see the class comment): names whose node met ESTALE,
-  // and nodes a lookup of such a name handed out, for kRetryGrace.
-  void note_estale_name(const NodePtr& n);
+  // and nodes a lookup of such a name handed out, for kRetryGrace; both per
+  // caller (set_request_caller).
+  void note_estale_name(const NodePtr& n, Op op);
   void grace_if_retried(const NodePtr& parent, const std::string& name, const NodePtr& c);
   bool in_retry_grace(const NodePtr& n);
   bool in_retry_grace(NodeId id);
-  // ESTALE of a node in its retry grace -> ENOENT (the kernel would pass it on).
+  // Ends the caller's grace if op is the call it was for; ESTALE of a node
+  // in its retry grace -> ENOENT (the kernel would pass it on).
   template <typename R>
-  R gone_in_retry(NodeId node, R r);
+  R gone_in_retry(NodeId node, Op op, R r);
   bool name_gone(NodeId node);  // the node's name, looked up now, is ENOENT
   // What a call gives the kernel: gone_in_retry, and an ESTALE noted for the retry.
   template <typename R>
-  R answered(NodeId node, R r);
+  R answered(NodeId node, Op op, R r);
   void retire(const NodePtr& n);
   bool fixes() const;
   // Changes the layers' owners completed so far, all layers together.
@@ -377,14 +390,15 @@ class UnionFs {
   static constexpr std::chrono::milliseconds kRetryGrace{1000};
   using Steady = std::chrono::steady_clock;
   std::mutex retry_mu_;  // leaf
-  // One retry per ESTALE a caller got: concurrent callers of one name each
-  // get theirs (a count), moved from the name to the node its lookup found.
-  struct Retries {
+  // One retry per ESTALE a caller got, moved from (parent, name, caller) to
+  // (node its lookup found, caller): until when, and the call it repeats.
+  struct Retry {
     Steady::time_point until;
-    unsigned count = 0;
+    Op op;
   };
-  std::map<std::pair<uint64_t, std::string>, Retries> estale_names_;  // guarded by retry_mu_
-  std::unordered_map<uint64_t, Retries> grace_nodes_;                 // guarded by retry_mu_
+  using RetryCaller = pid_t;
+  std::map<std::tuple<uint64_t, std::string, RetryCaller>, Retry> estale_names_;  // guarded by retry_mu_
+  std::map<std::pair<uint64_t, RetryCaller>, Retry> grace_nodes_;                 // guarded by retry_mu_
   std::atomic<size_t> retry_entries_{0};  // estale_names_ + grace_nodes_: 0 skips the lock
   std::unordered_map<uint64_t, std::vector<std::pair<int, bool>>> open_files_;  // guarded by open_mu_
   // prepare_copy_up -> copy_up, by node id.

@@ -441,6 +441,84 @@ TEST_F(UnionTest, AFileReplacedAgainDuringTheKernelsRetryIsServedItsKeptObject) 
   }
 }
 
+// The retry's grace belongs to the caller whose call met ESTALE: the kernel
+// retries in that caller's task, so another process using the new node in
+// the meantime (a reader that looked the name up after the change, a stat)
+// must not use it up, and must not be served the kept object either.
+TEST_F(UnionTest, OnlyTheCallerWhoseRetryItIsMayUseTheGrace) {
+  for (const char* strategy : {"A", "C", "auto"}) {
+    SCOPED_TRACE(strategy);
+    const std::string attic = tmp_ / (std::string("attic-") + strategy);
+    std::filesystem::create_directories(attic);
+    const std::string path = tmp_ / "lower/a/src.c";
+    replace_file(path, "v1");
+    KeepingHooks keeper(attic);
+    mount(strategy, &keeper);
+    const bool events = std::string(strategy) == "auto";
+    auto replace = [&](const std::string& data) {
+      keeper.replace(path, data);
+      if (events) fs_->on_layer_change(2, {{LayerChange::Kind::replaced, "a/src.c"}});
+    };
+    constexpr pid_t kRetrying = 101, kOther = 202;
+    NodeId a = lookup(kRootNode, "a");
+    NodeId n1 = lookup(a, "src.c");
+    replace("v2");
+    UnionFs::set_request_caller(kRetrying);
+    EXPECT_EQ(fs_->open(n1, O_RDONLY).err(), ESTALE);
+    NodeId n2 = lookup(a, "src.c");  // the kernel's retry, in the same task
+    replace("v3");
+    UnionFs::set_request_caller(kOther);
+    EXPECT_EQ(fs_->open(n2, O_RDONLY).err(), ESTALE) << "not this caller's retry: re-walk to v3";
+    EXPECT_EQ(fs_->getattr(n2).err(), ESTALE);
+    UnionFs::set_request_caller(kRetrying);
+    {
+      auto fd = fs_->open(n2, O_RDONLY);
+      UnionFs::set_request_caller(0);
+      ASSERT_TRUE(fd.ok()) << "the retrying caller's grace was used by others: " << fd.error().describe();
+      EXPECT_EQ(read_fd(fd->get()), "v2");
+    }
+    fs_.reset();
+  }
+}
+
+// The kernel's retry of an open may ask for the new node's attributes before
+// it repeats the open (a permission check): that request is part of the
+// retry, answers the object the retry's lookup found, and leaves the grace
+// for the open it is for.
+TEST_F(UnionTest, TheRetrysGetattrDoesNotEndTheGraceOfItsOpen) {
+  for (const char* strategy : {"A", "C", "auto"}) {
+    SCOPED_TRACE(strategy);
+    const std::string attic = tmp_ / (std::string("attic-") + strategy);
+    std::filesystem::create_directories(attic);
+    const std::string path = tmp_ / "lower/a/src.c";
+    replace_file(path, "v1");
+    KeepingHooks keeper(attic);
+    mount(strategy, &keeper);
+    const bool events = std::string(strategy) == "auto";
+    auto replace = [&](const std::string& data) {
+      keeper.replace(path, data);
+      if (events) fs_->on_layer_change(2, {{LayerChange::Kind::replaced, "a/src.c"}});
+    };
+    NodeId a = lookup(kRootNode, "a");
+    NodeId n1 = lookup(a, "src.c");
+    replace("v2");
+    EXPECT_EQ(fs_->open(n1, O_RDONLY).err(), ESTALE);
+    NodeId n2 = lookup(a, "src.c");  // the kernel's retry
+    replace("v3!");
+    auto st = fs_->getattr(n2);
+    ASSERT_TRUE(st.ok()) << st.error().describe();
+    EXPECT_EQ(st->st_size, 2) << "the attributes of the object the retry's lookup found";
+    {
+      auto fd = fs_->open(n2, O_RDONLY);
+      ASSERT_TRUE(fd.ok()) << "the retry's getattr used up its open's grace: " << fd.error().describe();
+      EXPECT_EQ(read_fd(fd->get()), "v2");
+    }
+    EXPECT_EQ(fs_->open(n2, O_RDONLY).err(), ESTALE) << "the grace was for the retry's one open";
+    EXPECT_EQ(fs_->getattr(n2).err(), ESTALE);
+    fs_.reset();
+  }
+}
+
 // The same gap for a directory: removed between the retry's lookup and its
 // opendir (a server-side rename under B's long entry timeouts). The kernel
 // would hand a second ESTALE to the caller; a local filesystem says ENOENT.
