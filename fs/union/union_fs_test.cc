@@ -9,6 +9,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <array>
 #include <condition_variable>
 #include <filesystem>
 #include <future>
@@ -392,37 +393,58 @@ class KeepingHooks : public LayerHooks {
   std::set<uint64_t> kept_;
 };
 
+// The kernel's retry: a/src.c (v1) in a lower layer whose owner keeps what
+// it replaces, mounted once per fix strategy that serves kept objects.
+class UnionRetryTest : public UnionTest {
+ protected:
+  void TearDown() override {
+    fs_.reset();  // before the hooks it uses
+    UnionFs::set_request_caller(0);
+  }
+  void mount_keeping(const std::string& strategy) {
+    fs_.reset();
+    const std::string attic = tmp_ / ("attic-" + strategy);
+    std::filesystem::create_directories(attic);
+    replace_file(src_, "v1");
+    keeper_ = std::make_unique<KeepingHooks>(attic);
+    mount(strategy.c_str(), keeper_.get());
+    events_ = strategy == "auto";
+  }
+  // The owner replaces a/src.c; under auto the daemon passes on its change
+  // event (B's half).
+  void replace_src(const std::string& data) {
+    keeper_->replace(src_, data);
+    if (events_) fs_->on_layer_change(2, {{LayerChange::Kind::replaced, "a/src.c"}});
+  }
+  // A cached node of a/src.c, the file replaced (v2), an open of the node
+  // answered ESTALE and the kernel's retry looking the name up again: the
+  // retry's node.
+  NodeId retried_after_estale(NodeId a) {
+    NodeId n1 = lookup(a, "src.c");
+    replace_src("v2");
+    EXPECT_EQ(fs_->open(n1, O_RDONLY).err(), ESTALE) << "a cached node of a replaced file: the kernel re-walks";
+    NodeId n2 = lookup(a, "src.c");
+    EXPECT_NE(raw(n2), raw(n1));
+    return n2;
+  }
+  static constexpr std::array<const char*, 3> kStrategies{"A", "C", "auto"};
+  const std::string src_ = tmp_ / "lower/a/src.c";
+  std::unique_ptr<KeepingHooks> keeper_;
+  bool events_ = false;
+};
+
 // The kernel retries an ESTALE once: a file replaced again between that
 // retry's lookup and its open is served the object the lookup found, if the
 // layer still keeps it. Outside a retry, a kept object is never served: a
 // node the kernel cached before a change answers ESTALE, so the re-walk finds
 // the new version.
-TEST_F(UnionTest, AFileReplacedAgainDuringTheKernelsRetryIsServedItsKeptObject) {
-  for (const char* strategy : {"A", "C", "auto"}) {
+TEST_F(UnionRetryTest, AFileReplacedAgainDuringTheKernelsRetryIsServedItsKeptObject) {
+  for (const char* strategy : kStrategies) {
     SCOPED_TRACE(strategy);
-    const std::string attic = tmp_ / (std::string("attic-") + strategy);
-    std::filesystem::create_directories(attic);
-    const std::string path = tmp_ / "lower/a/src.c";
-    replace_file(path, "v1");
-    KeepingHooks keeper(attic);
-    mount(strategy, &keeper);
-    // What the daemon does with the owner's change events under auto (B's half).
-    struct {
-      KeepingHooks& k;
-      UnionFs* fs;
-      bool events;
-      void replace(const std::string& p, const std::string& data) {
-        k.replace(p, data);
-        if (events) fs->on_layer_change(2, {{LayerChange::Kind::replaced, "a/src.c"}});
-      }
-    } hooks{keeper, fs_.get(), std::string(strategy) == "auto"};
+    mount_keeping(strategy);
     NodeId a = lookup(kRootNode, "a");
-    NodeId n1 = lookup(a, "src.c");
-    hooks.replace(path, "v2");
-    EXPECT_EQ(fs_->open(n1, O_RDONLY).err(), ESTALE) << "a cached node of a replaced file: the kernel re-walks";
-    NodeId n2 = lookup(a, "src.c");  // the kernel's retry
-    ASSERT_NE(raw(n2), raw(n1));
-    hooks.replace(path, "v3");  // replaced again before the retry's open
+    NodeId n2 = retried_after_estale(a);
+    replace_src("v3");  // replaced again before the retry's open
     {
       OpenDetails d;
       auto fd = fs_->open(n2, O_RDONLY, &d);
@@ -437,7 +459,6 @@ TEST_F(UnionTest, AFileReplacedAgainDuringTheKernelsRetryIsServedItsKeptObject) 
     EXPECT_EQ(fs_->open(n2, O_RDONLY).err(), ESTALE) << "the grace was for the retry's one call";
     // The kernel's next re-walk finds the current version.
     EXPECT_EQ(*kernel_read(*fs_, a, "src.c", n2), "v3");
-    fs_.reset();
   }
 }
 
@@ -445,39 +466,22 @@ TEST_F(UnionTest, AFileReplacedAgainDuringTheKernelsRetryIsServedItsKeptObject) 
 // retries in that caller's task, so another process using the new node in
 // the meantime (a reader that looked the name up after the change, a stat)
 // must not use it up, and must not be served the kept object either.
-TEST_F(UnionTest, OnlyTheCallerWhoseRetryItIsMayUseTheGrace) {
-  for (const char* strategy : {"A", "C", "auto"}) {
+TEST_F(UnionRetryTest, OnlyTheCallerWhoseRetryItIsMayUseTheGrace) {
+  for (const char* strategy : kStrategies) {
     SCOPED_TRACE(strategy);
-    const std::string attic = tmp_ / (std::string("attic-") + strategy);
-    std::filesystem::create_directories(attic);
-    const std::string path = tmp_ / "lower/a/src.c";
-    replace_file(path, "v1");
-    KeepingHooks keeper(attic);
-    mount(strategy, &keeper);
-    const bool events = std::string(strategy) == "auto";
-    auto replace = [&](const std::string& data) {
-      keeper.replace(path, data);
-      if (events) fs_->on_layer_change(2, {{LayerChange::Kind::replaced, "a/src.c"}});
-    };
+    mount_keeping(strategy);
     constexpr pid_t kRetrying = 101, kOther = 202;
     NodeId a = lookup(kRootNode, "a");
-    NodeId n1 = lookup(a, "src.c");
-    replace("v2");
     UnionFs::set_request_caller(kRetrying);
-    EXPECT_EQ(fs_->open(n1, O_RDONLY).err(), ESTALE);
-    NodeId n2 = lookup(a, "src.c");  // the kernel's retry, in the same task
-    replace("v3");
+    NodeId n2 = retried_after_estale(a);  // the kernel's retry runs in the caller's task
+    replace_src("v3");
     UnionFs::set_request_caller(kOther);
     EXPECT_EQ(fs_->open(n2, O_RDONLY).err(), ESTALE) << "not this caller's retry: re-walk to v3";
     EXPECT_EQ(fs_->getattr(n2).err(), ESTALE);
     UnionFs::set_request_caller(kRetrying);
-    {
-      auto fd = fs_->open(n2, O_RDONLY);
-      UnionFs::set_request_caller(0);
-      ASSERT_TRUE(fd.ok()) << "the retrying caller's grace was used by others: " << fd.error().describe();
-      EXPECT_EQ(read_fd(fd->get()), "v2");
-    }
-    fs_.reset();
+    auto fd = fs_->open(n2, O_RDONLY);
+    ASSERT_TRUE(fd.ok()) << "the retrying caller's grace was used by others: " << fd.error().describe();
+    EXPECT_EQ(read_fd(fd->get()), "v2");
   }
 }
 
@@ -485,26 +489,12 @@ TEST_F(UnionTest, OnlyTheCallerWhoseRetryItIsMayUseTheGrace) {
 // it repeats the open (a permission check): that request is part of the
 // retry, answers the object the retry's lookup found, and leaves the grace
 // for the open it is for.
-TEST_F(UnionTest, TheRetrysGetattrDoesNotEndTheGraceOfItsOpen) {
-  for (const char* strategy : {"A", "C", "auto"}) {
+TEST_F(UnionRetryTest, TheRetrysGetattrDoesNotEndTheGraceOfItsOpen) {
+  for (const char* strategy : kStrategies) {
     SCOPED_TRACE(strategy);
-    const std::string attic = tmp_ / (std::string("attic-") + strategy);
-    std::filesystem::create_directories(attic);
-    const std::string path = tmp_ / "lower/a/src.c";
-    replace_file(path, "v1");
-    KeepingHooks keeper(attic);
-    mount(strategy, &keeper);
-    const bool events = std::string(strategy) == "auto";
-    auto replace = [&](const std::string& data) {
-      keeper.replace(path, data);
-      if (events) fs_->on_layer_change(2, {{LayerChange::Kind::replaced, "a/src.c"}});
-    };
-    NodeId a = lookup(kRootNode, "a");
-    NodeId n1 = lookup(a, "src.c");
-    replace("v2");
-    EXPECT_EQ(fs_->open(n1, O_RDONLY).err(), ESTALE);
-    NodeId n2 = lookup(a, "src.c");  // the kernel's retry
-    replace("v3!");
+    mount_keeping(strategy);
+    NodeId n2 = retried_after_estale(lookup(kRootNode, "a"));
+    replace_src("v3!");
     auto st = fs_->getattr(n2);
     ASSERT_TRUE(st.ok()) << st.error().describe();
     EXPECT_EQ(st->st_size, 2) << "the attributes of the object the retry's lookup found";
@@ -515,7 +505,6 @@ TEST_F(UnionTest, TheRetrysGetattrDoesNotEndTheGraceOfItsOpen) {
     }
     EXPECT_EQ(fs_->open(n2, O_RDONLY).err(), ESTALE) << "the grace was for the retry's one open";
     EXPECT_EQ(fs_->getattr(n2).err(), ESTALE);
-    fs_.reset();
   }
 }
 
