@@ -719,6 +719,8 @@ thread_local pid_t t_request_caller = 0;
 
 void UnionFs::set_request_caller(pid_t caller) { t_request_caller = caller; }
 
+void UnionFs::count_retries() { retry_entries_ = estale_names_.size() + grace_nodes_.size(); }
+
 void UnionFs::note_estale_name(const NodePtr& n, Op op) {
   NodePtr p = n->parent.lock();
   if (!p) return;
@@ -727,7 +729,7 @@ void UnionFs::note_estale_name(const NodePtr& n, Op op) {
   std::erase_if(estale_names_, [&](const auto& e) { return e.second.until <= now; });
   if (estale_names_.size() >= 1024) estale_names_.clear();  // a storm: bounded, and the kernel retries at once
   estale_names_[{raw(p->id), n->name, t_request_caller}] = Retry{now + kRetryGrace, op};
-  retry_entries_ = estale_names_.size() + grace_nodes_.size();
+  count_retries();
 }
 
 void UnionFs::grace_if_retried(const NodePtr& parent, const std::string& name, const NodePtr& c) {
@@ -744,7 +746,7 @@ void UnionFs::grace_if_retried(const NodePtr& parent, const std::string& name, c
     std::erase_if(grace_nodes_, [&](const auto& e) { return e.second.until <= now; });
     grace_nodes_[{raw(c->id), t_request_caller}] = it->second;
   }
-  retry_entries_ = estale_names_.size() + grace_nodes_.size();
+  count_retries();
 }
 
 bool UnionFs::in_retry_grace(const NodePtr& n) { return in_retry_grace(n->id); }
@@ -770,7 +772,7 @@ R UnionFs::gone_in_retry(NodeId node, Op op, R r) {
     if (it != grace_nodes_.end()) {
       in_grace = it->second.until > Steady::now();
       if (it->second.op == op || !in_grace) grace_nodes_.erase(it);
-      retry_entries_ = estale_names_.size() + grace_nodes_.size();
+      count_retries();
     }
   }
   // The kernel does not retry its retry: an object gone again (and not kept)

@@ -288,6 +288,7 @@ class UnionFs {
   void grace_if_retried(const NodePtr& parent, const std::string& name, const NodePtr& c);
   bool in_retry_grace(const NodePtr& n);
   bool in_retry_grace(NodeId id);
+  void count_retries();  // requires retry_mu_: sets retry_entries_
   // Ends the caller's grace if op is the call it was for; ESTALE of a node
   // in its retry grace -> ENOENT (the kernel would pass it on).
   template <typename R>
