@@ -9,6 +9,7 @@ pkgs=(
   libcpp-httplib-dev nlohmann-json3-dev
   curl chromium libgtest-dev libgmock-dev libbenchmark-dev
   help2man
+  e2fsprogs mount
   python3 python3-yaml
 )
 missing=()

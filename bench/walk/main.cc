@@ -78,6 +78,10 @@ requests per walk and daemon RSS per entry. Needs root (mounts).
   --daemon-threads N    antares-fs --threads (default: the daemon's own)
   --seed S              mock-mega seed (default 42)
   --workdir DIR         where to put trees and mounts (default $TMPDIR or /tmp)
+  --fs KIND             scratch: (default) measure on a fresh ext4 filesystem, a
+                        sparse image in the work directory, loop-mounted (falls back
+                        to the work directory's filesystem, saying so, if that fails);
+                        workdir: on the work directory's own filesystem
   --keep                keep the work directory
   --json FILE           also write every sample as JSON
   --help                this text
@@ -109,6 +113,7 @@ struct Options {
   std::string workdir, json_path, command;
   bool keep = false;
   bool globs = false;
+  bool scratch = true;  // --fs scratch
 };
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -199,7 +204,7 @@ Options parse(int argc, char** argv) {
   std::string configs = "all";
   bool with_1m = false;
   enum { kFiles = 256, k1m, kReps, kThreads, kTtl, kChanges, kConfigs, kConds, kPtMax, kDaemonThreads, kSeed,
-         kWorkdir, kKeep, kJson, kGlobs, kHelp };
+         kWorkdir, kKeep, kJson, kGlobs, kFs, kHelp };
   static const option longopts[] = {
       {"files", required_argument, nullptr, kFiles},         {"with-1m", no_argument, nullptr, k1m},
       {"reps", required_argument, nullptr, kReps},           {"threads", required_argument, nullptr, kThreads},
@@ -210,6 +215,7 @@ Options parse(int argc, char** argv) {
       {"seed", required_argument, nullptr, kSeed},           {"workdir", required_argument, nullptr, kWorkdir},
       {"keep", no_argument, nullptr, kKeep},                 {"json", required_argument, nullptr, kJson},
       {"globs", no_argument, nullptr, kGlobs},               {"help", no_argument, nullptr, kHelp},
+      {"fs", required_argument, nullptr, kFs},
       {nullptr, 0, nullptr, 0}};
   opterr = 0;
   int c;
@@ -245,6 +251,11 @@ Options parse(int argc, char** argv) {
       case kKeep: o.keep = true; break;
       case kJson: o.json_path = optarg; break;
       case kGlobs: o.globs = true; break;
+      case kFs:
+        if (std::string(optarg) != "scratch" && std::string(optarg) != "workdir")
+          usage_error(std::string("--fs: unknown kind '") + optarg + "' (scratch, workdir)");
+        o.scratch = std::string(optarg) == "scratch";
+        break;
       case kHelp: std::fputs(kUsageText, stdout); std::exit(kOk);
       case ':': usage_error(std::string("option ") + argv[optind - 1] + " needs a value");
       default: usage_error(std::string("unknown option ") + argv[optind - 1]);
@@ -916,7 +927,23 @@ int main(int argc, char** argv) {
     return kFailure;
   }
   char real[PATH_MAX];
-  std::string dir = ::realpath(tmpl.c_str(), real) ? real : tmpl;
+  std::string top = ::realpath(tmpl.c_str(), real) ? real : tmpl;
+  // Trees, caches and mounts go to `dir`: the scratch filesystem, or the work directory.
+  std::string dir = top, fs_note;
+  std::unique_ptr<ScratchExt4> scratch;
+  if (o.scratch) {
+    // Sparse: only what the run writes takes space; 64 GiB leaves ext4 4M inodes.
+    auto s = ScratchExt4::make(top, uint64_t(64) << 30);
+    if (s) {
+      scratch = std::move(*s);
+      dir = scratch->root();
+      fs_note = "a fresh ext4 filesystem (loop-mounted image)";
+    } else {
+      fs_note = "the work directory's own filesystem (a fresh ext4 could not be made: " + s.error().describe() + ")";
+    }
+  } else {
+    fs_note = "the work directory's own filesystem (--fs workdir)";
+  }
 
   utsname un{};
   ::uname(&un);
@@ -931,6 +958,7 @@ int main(int argc, char** argv) {
               std::thread::hardware_concurrency(), un.release,
               lim.rlim_max == RLIM_INFINITY ? "unlimited" : std::to_string(lim.rlim_max).c_str(), start.one,
               start.five, start.fifteen);
+  std::printf("filesystem: %s\n", fs_note.c_str());
   std::fflush(stdout);
 
   std::vector<SizeResult> results;
@@ -975,6 +1003,7 @@ int main(int argc, char** argv) {
                   {"seed", o.seed},
                   {"globs", o.globs},
                   {"conditions", o.conditions}}},
+                {"filesystem", fs_note},
                 {"load_start", {start.one, start.five, start.fifteen}},
                 {"load_end", {end.one, end.five, end.fifteen}},
                 {"completed", code == kOk},
@@ -986,15 +1015,17 @@ int main(int argc, char** argv) {
       if (code == kOk) code = kFailure;
     }
   }
-  // Everything is torn down by now; say so if the kernel disagrees.
-  auto left = mounts_under(dir);
+  // Everything is torn down by now (the scratch filesystem last); say so if the kernel disagrees.
+  if (scratch && o.keep) scratch->keep_image();
+  scratch.reset();
+  auto left = mounts_under(top);
   for (const auto& m : left) std::fprintf(stderr, "walk_bench: still mounted: %s\n", m.c_str());
   if (!left.empty()) return kFailure;
   if (!o.keep) {
     std::error_code ec;
-    stdfs::remove_all(dir, ec);
+    stdfs::remove_all(top, ec);
   } else {
-    std::fprintf(stderr, "walk_bench: kept %s\n", dir.c_str());
+    std::fprintf(stderr, "walk_bench: kept %s\n", top.c_str());
   }
   return code;
 }

@@ -1,6 +1,7 @@
 #include "bench/walk/systems.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/walk/prom.h"
+#include "common/unique_fd.h"
 
 namespace antares::bench {
 namespace {
@@ -95,6 +97,42 @@ Result<Counters> scrape_mega(mock::AdminClient& admin) {
   for (const auto& [ep, v] : prom_by_label(s, "mock_mega_requests_total", "endpoint"))
     if (std::find(kMegaEndpoints.begin(), kMegaEndpoints.end(), ep) != kMegaEndpoints.end()) c.http_by_endpoint[ep] = v;
   return c;
+}
+
+Result<std::unique_ptr<ScratchExt4>> ScratchExt4::make(const std::string& dir, uint64_t size_bytes) {
+  std::string base = real_path(dir);
+  std::unique_ptr<ScratchExt4> s(new ScratchExt4());
+  std::string image = base + "/scratch.img", mnt = base + "/fs";
+  if (auto st = make_dir(mnt); !st.ok()) return st.error();
+  {
+    UniqueFd fd(::open(image.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!fd.valid()) return Error::from_errno(errno, "create " + image);
+    s->image_ = image;  // from here on the destructor removes it
+    if (::ftruncate(fd.get(), off_t(size_bytes)) != 0) return Error::from_errno(errno, "truncate " + image);
+  }
+  auto run = [](std::vector<std::string> argv) -> Status {
+    // run_command does not search PATH: system tools live in sbin or bin.
+    for (const char* d : {"/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"})
+      if (::access((d + argv[0]).c_str(), X_OK) == 0) {
+        argv[0] = d + argv[0];
+        break;
+      }
+    auto r = run_command(argv, std::chrono::minutes(2));
+    if (!r) return r.error();
+    if (r->code != 0)
+      return Error::from_errno(EIO, argv[0] + " exited with " + std::to_string(r->code) + ": " + r->err + r->out);
+    return {};
+  };
+  // No discard: the image is sparse and fresh; discarding 64 GiB takes time for nothing.
+  if (auto st = run({"mkfs.ext4", "-q", "-F", "-E", "nodiscard", image}); !st.ok()) return st.error();
+  if (auto st = run({"mount", "-o", "loop", image, mnt}); !st.ok()) return st.error();
+  s->mnt_ = mnt;
+  return s;
+}
+
+ScratchExt4::~ScratchExt4() {
+  if (!mnt_.empty() && ::umount2(mnt_.c_str(), 0) != 0) ::umount2(mnt_.c_str(), MNT_DETACH);
+  if (!image_.empty() && !keep_) ::unlink(image_.c_str());
 }
 
 Result<std::unique_ptr<KernelOverlay>> KernelOverlay::mount(const std::string& lower, const std::string& dir) {

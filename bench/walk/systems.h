@@ -37,6 +37,30 @@ Counters operator-(const Counters& after, const Counters& before);
 // mock-mega's counters (the Mega API endpoints only: not admin, not metrics).
 Result<Counters> scrape_mega(mock::AdminClient& admin);
 
+// A fresh ext4 filesystem (mkfs.ext4 defaults, journal included) on a sparse
+// image `dir`/scratch.img, loop-mounted at `dir`/fs: every run measures on a
+// filesystem with the same history. A long-lived filesystem is not neutral:
+// ext4 without a journal skips inodes freed in the last seconds (minutes,
+// while their inode table is dirty) when it allocates, so a walk that
+// creates files right after a run deleted a tree pays a scan per create
+// (several times the walk's cost). The destructor unmounts (lazily if busy)
+// and removes the image.
+class ScratchExt4 {
+ public:
+  static Result<std::unique_ptr<ScratchExt4>> make(const std::string& dir, uint64_t size_bytes);
+  ~ScratchExt4();
+  ScratchExt4(const ScratchExt4&) = delete;
+  ScratchExt4& operator=(const ScratchExt4&) = delete;
+  const std::string& root() const { return mnt_; }
+  // The destructor still unmounts, but leaves the image (walk_bench --keep).
+  void keep_image() { keep_ = true; }
+
+ private:
+  ScratchExt4() = default;
+  std::string image_, mnt_;
+  bool keep_ = false;
+};
+
 // Kernel overlayfs with `lower` as lowerdir and a fresh upper/work under `dir`.
 class KernelOverlay {
  public:
