@@ -83,9 +83,11 @@ void reply_attr(fuse_req_t req, FuseOp op, const Result<struct stat>& st) {
 
 void op_init(void* userdata, fuse_conn_info* conn) {
   (void)userdata;
-  // Plain readdir: d_type is enough for the walks this serves, and READDIRPLUS
-  // would take a node reference per entry.
-  conn->want &= ~unsigned(FUSE_CAP_READDIRPLUS);
+  // READDIRPLUS, adaptive (the kernel asks for it while lookups follow its
+  // listings): a walk that lstats what it lists then sends one request per
+  // directory chunk instead of a LOOKUP per entry.
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
   if (conn->capable & FUSE_CAP_SPLICE_READ) conn->want |= FUSE_CAP_SPLICE_READ;
   // The caller's umask arrives with each create and is applied by the union
   // (and only it): the daemon's own umask must not mask modes a second time.
@@ -256,12 +258,15 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
 }
 
-void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+// READDIR and READDIRPLUS: entries from offset `off` of the handle's
+// snapshot, as many as fit in `size`.
+void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, bool plus) {
+  const FuseOp op = plus ? FuseOp::readdirplus : FuseOp::readdir;
   auto* h = reinterpret_cast<DirHandle*>(fi->fh);
+  auto& a = off == 0 || !h->listed || plus ? prepared(req) : self(req);
   if (off == 0 || !h->listed) {
-    auto& a = prepared(req);
     auto entries = a.fs().readdir(node(ino));
-    if (!entries.ok()) return a.reply_error(req, FuseOp::readdir, entries.error());
+    if (!entries.ok()) return a.reply_error(req, op, entries.error());
     h->entries = std::move(*entries);
     h->listed = true;
   }
@@ -269,15 +274,41 @@ void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
   size_t used = 0;
   for (size_t i = size_t(off); i < h->entries.size(); ++i) {
     const DirEntry& e = h->entries[i];
-    struct stat st {};
-    st.st_ino = e.ino;
-    st.st_mode = e.type;
-    size_t len = fuse_add_direntry(req, buf.data() + used, size - used, e.name.c_str(), &st, off_t(i + 1));
+    size_t len;
+    if (!plus) {
+      struct stat st {};
+      st.st_ino = e.ino;
+      st.st_mode = e.type;
+      len = fuse_add_direntry(req, buf.data() + used, size - used, e.name.c_str(), &st, off_t(i + 1));
+    } else {
+      // The kernel takes a lookup reference for every entry of the reply
+      // that names a node, so a name is looked up only once it is sure to fit.
+      if (fuse_add_direntry_plus(req, nullptr, 0, e.name.c_str(), nullptr, 0) > size - used) break;
+      fuse_entry_param ep;
+      std::memset(&ep, 0, sizeof ep);
+      ep.attr.st_ino = e.ino;
+      ep.attr.st_mode = e.type;
+      if (e.name != "." && e.name != "..") {
+        // A name that does not resolve now (removed since the listing, or a
+        // stale handle under `none`) goes out without a node: the kernel
+        // then looks it up itself when asked, and meets what LOOKUP answers.
+        if (auto r = a.fs().lookup(node(ino), e.name); r.ok()) a.fill_entry(*r, &ep);
+      }
+      len = fuse_add_direntry_plus(req, buf.data() + used, size - used, e.name.c_str(), &ep, off_t(i + 1));
+    }
     if (len > size - used) break;
     used += len;
   }
-  self(req).count(FuseOp::readdir, 0);
+  a.count(op, 0);
   fuse_reply_buf(req, buf.data(), used);
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  list_dir(req, ino, size, off, fi, false);
+}
+
+void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  list_dir(req, ino, size, off, fi, true);
 }
 
 void op_releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -360,6 +391,7 @@ fuse_lowlevel_ops make_ops() {
   o.fsync = op_fsync;
   o.opendir = op_opendir;
   o.readdir = op_readdir;
+  o.readdirplus = op_readdirplus;
   o.releasedir = op_releasedir;
   o.fsyncdir = op_fsyncdir;
   o.statfs = op_statfs;
@@ -379,7 +411,7 @@ const char* fuse_op_name(FuseOp op) {
                                 "mkdir",   "unlink",   "rmdir",      "symlink",  "rename",   "link",
                                 "open",    "read",     "write",      "flush",    "release",  "fsync",
                                 "opendir", "readdir",  "releasedir", "fsyncdir", "statfs",   "setxattr",
-                                "getxattr", "listxattr", "removexattr", "access", "create"};
+                                "getxattr", "listxattr", "removexattr", "access", "create", "readdirplus"};
   static_assert(sizeof names / sizeof names[0] == size_t(FuseOp::kCount));
   return names[int(op)];
 }

@@ -25,7 +25,7 @@ namespace antares::fs {
 enum class FuseOp {
   lookup, forget, getattr, setattr, readlink, mknod, mkdir, unlink, rmdir, symlink, rename, link, open, read,
   write, flush, release, fsync, opendir, readdir, releasedir, fsyncdir, statfs, setxattr, getxattr, listxattr,
-  removexattr, access, create, kCount
+  removexattr, access, create, readdirplus, kCount
 };
 const char* fuse_op_name(FuseOp op);
 

@@ -156,6 +156,23 @@ inline json status(Mount& m) {
 
 inline uint64_t counter(Mount& m, const std::string& name) { return status(m)["counters"][name].get<uint64_t>(); }
 
+// FUSE requests of operation `op` the daemon has answered, whatever the
+// result (antares_requests_total{op=...} summed over results).
+inline uint64_t fuse_requests(Mount& m, const std::string& op) {
+  std::string out, err;
+  if (m.ctl({"metrics"}, &out, &err) != 0) throw std::runtime_error("antares-ctl metrics failed: " + err);
+  const std::string key = "antares_requests_total{op=\"" + op + "\",";
+  uint64_t n = 0;
+  size_t pos = 0;
+  while ((pos = out.find(key, pos)) != std::string::npos) {
+    size_t sp = out.find("} ", pos);
+    if (sp == std::string::npos) break;
+    n += std::stoull(out.substr(sp + 2));
+    pos = sp;
+  }
+  return n;
+}
+
 // antares-ctl refresh [path]: expires lower listings and re-syncs the CL now.
 inline void refresh(Mount& m, const std::string& path = "") {
   std::vector<std::string> args = {"refresh"};

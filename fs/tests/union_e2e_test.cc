@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <map>
 
 #include "fs/tests/e2e_util.h"
@@ -300,6 +301,52 @@ TEST_F(UnionE2E, DirectoryLinkCountAfterReaddir) {
     ASSERT_EQ(::statx(AT_FDCWD, path.c_str(), AT_STATX_FORCE_SYNC, STATX_NLINK, &stx), 0) << strerror(errno);
     EXPECT_EQ(stx.stx_nlink, 2 + subdirs) << d;
   }
+}
+
+// A walk lists a directory and lstats what it lists. With READDIRPLUS the
+// listing carries every entry's attributes and node, so the lstats are
+// answered by the kernel: no LOOKUP per entry. The attributes are the
+// objects' own, and the kernel's references are counted: when it forgets
+// the entries, the union drops their nodes.
+TEST_F(UnionE2E, ListingCarriesAttributesSoLstatNeedsNoLookup) {
+  constexpr int kFiles = 200;
+  // Made behind the mount, so the kernel has never seen these names.
+  const std::string dir = m_->upper() + "/rdplus";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0) << strerror(errno);
+  for (int i = 0; i < kFiles; ++i) {
+    std::ofstream(dir + "/f" + std::to_string(i)) << std::string(size_t(i), 'x');
+  }
+  const std::string path = m_->path("rdplus");
+  struct stat dst = must_lstat(path);
+  ASSERT_TRUE(S_ISDIR(dst.st_mode));
+  const uint64_t nodes_before = counter(*m_, "nodes");
+  const uint64_t lookups_before = fuse_requests(*m_, "lookup");
+  auto names = list_dir(path);
+  ASSERT_TRUE(names);
+  ASSERT_EQ(names->size(), size_t(kFiles));
+  for (const auto& name : *names) {
+    struct stat st = must_lstat(path + "/" + name);
+    EXPECT_TRUE(S_ISREG(st.st_mode)) << name;
+    EXPECT_EQ(st.st_size, std::stol(name.substr(1))) << name;
+  }
+  const uint64_t lookups = fuse_requests(*m_, "lookup") - lookups_before;
+  EXPECT_GT(fuse_requests(*m_, "readdirplus"), 0u);
+  EXPECT_LT(lookups, uint64_t(kFiles / 10)) << "lstat after a listing still sends a LOOKUP per entry";
+  EXPECT_GE(counter(*m_, "nodes"), nodes_before + kFiles);
+
+  // The kernel forgets unused entries when its caches are dropped; each
+  // reference the listing handed out is returned, so the nodes go.
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  uint64_t nodes = 0;
+  do {
+    std::ofstream("/proc/sys/vm/drop_caches") << "2\n";
+    nodes = counter(*m_, "nodes");
+    if (nodes < nodes_before + kFiles / 2) break;
+    std::this_thread::sleep_for(100ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  EXPECT_LT(nodes, nodes_before + kFiles / 2) << "the kernel forgot the entries, the union kept their nodes";
+  // And what is forgotten is found again.
+  EXPECT_EQ(must_lstat(path + "/f7").st_size, 7);
 }
 
 TEST_F(UnionE2E, NewFilesBelongToTheCaller) {
