@@ -507,14 +507,6 @@ json to_json(const SizeResult& r) {
 
 // ---------------------------------------------------------------- the run
 
-std::string find_program(const std::string& name) {
-  for (const char* d : {"/usr/bin/", "/bin/", "/usr/local/bin/", "/usr/sbin/"}) {
-    std::string p = d + name;
-    if (::access(p.c_str(), X_OK) == 0) return p;
-  }
-  return {};
-}
-
 bool stopping() { return repro::stop_requested().load(); }
 
 Status interrupted() { return Error::from_errno(EINTR, "interrupted"); }

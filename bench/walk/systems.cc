@@ -50,6 +50,14 @@ std::string tail(const std::string& path, size_t n = 1200) {
 
 }  // namespace
 
+std::string find_program(const std::string& name) {
+  for (const char* d : {"/usr/bin/", "/bin/", "/usr/local/bin/", "/usr/sbin/", "/sbin/"}) {
+    std::string p = d + name;
+    if (::access(p.c_str(), X_OK) == 0) return p;
+  }
+  return {};
+}
+
 std::vector<std::string> mounts_under(const std::string& dir) {
   std::string base = real_path(dir);
   std::istringstream in(read_text("/proc/self/mountinfo"));
@@ -111,12 +119,7 @@ Result<std::unique_ptr<ScratchExt4>> ScratchExt4::make(const std::string& dir, u
     if (::ftruncate(fd.get(), off_t(size_bytes)) != 0) return Error::from_errno(errno, "truncate " + image);
   }
   auto run = [](std::vector<std::string> argv) -> Status {
-    // run_command does not search PATH: system tools live in sbin or bin.
-    for (const char* d : {"/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"})
-      if (::access((d + argv[0]).c_str(), X_OK) == 0) {
-        argv[0] = d + argv[0];
-        break;
-      }
+    if (std::string p = find_program(argv[0]); !p.empty()) argv[0] = p;
     auto r = run_command(argv, std::chrono::minutes(2));
     if (!r) return r.error();
     if (r->code != 0)

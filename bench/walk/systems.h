@@ -120,6 +120,10 @@ class Antares {
   pid_t pid_ = -1;
 };
 
+// The absolute path of program `name` in the usual bin and sbin directories
+// (run_command does not search PATH), or "" if none is executable.
+std::string find_program(const std::string& name);
+
 // Mount points at or beneath `dir`, per /proc/self/mountinfo.
 std::vector<std::string> mounts_under(const std::string& dir);
 
