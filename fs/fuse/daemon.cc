@@ -570,7 +570,11 @@ int Daemon::serve(const ReadyFn& ready) {
     });
     fuse_loop_config* cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_max_threads(cfg, unsigned(opts_.threads));
-    fuse_loop_cfg_set_idle_threads(cfg, unsigned(std::max(1, opts_.threads / 2)));
+    // Idle workers stay: libfuse otherwise ends a worker whenever more than
+    // the idle count wait and starts one when all are busy, which under a
+    // walk is a thread (and its ~1 MiB request buffer) created and destroyed
+    // every few hundred requests.
+    fuse_loop_cfg_set_idle_threads(cfg, unsigned(opts_.threads));
     // The loop returns the signal number when SIGINT/SIGTERM/SIGHUP ended it.
     int r = fuse_session_loop_mt(se, cfg);
     loop_done = true;
