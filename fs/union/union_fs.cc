@@ -174,6 +174,8 @@ struct UnionFs::Node {
   Node(NodeId i, uint64_t n, bool d) : id(i), ino(n), is_dir(d) {
     if (d) dir = std::make_unique<DirState>();
   }
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
   const NodeId id;
   const uint64_t ino;
   const bool is_dir;
@@ -270,7 +272,6 @@ Status UnionFs::init() {
   std::lock_guard sl(s.mu);
   s.nodes[1] = root_;
   stats_.nodes = 1;
-  stats_.tree_nodes = 1;
   return {};
 }
 
@@ -286,11 +287,8 @@ UnionFs::NodePtr UnionFs::find(NodeId id) const {
 
 UnionFs::NodePtr UnionFs::new_node(const NodePtr& parent, const std::string& name, bool is_dir, uint64_t ino) {
   const NodeId id{next_node_.fetch_add(1)};
-  NodePtr n(new Node(id, ino ? ino : next_ino_.fetch_add(1), is_dir), [this](Node* p) {
-    stats_.tree_nodes--;
-    delete p;
-  });
-  stats_.tree_nodes++;
+  // One allocation per node (with its control block).
+  auto n = std::make_shared<Node>(id, ino ? ino : next_ino_.fetch_add(1), is_dir);
   n->parent = parent;
   n->name = name;
   return n;

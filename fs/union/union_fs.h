@@ -38,18 +38,19 @@
 // and a name's new node inherits its predecessor's, so a path keeps its
 // number across replacements for as long as its directory is cached.
 //
-// Locking (docs/locks.md). tree_mu_ is a reader-writer lock: requests that
-// only read the namespace (lookup, getattr, open for reading, readdir,
-// xattr reads) hold it shared and run in parallel; requests that change the
-// namespace or a node's layers (create, unlink, rename, copy-up's commit,
-// setattr, xattr writes, layer change events, strategy switches) hold it
-// exclusively, and only for their metadata work: no network and no data
-// copying ever happens under it (copy-up copies into a temporary file first).
-// Under the shared lock, a directory's children and load state are guarded by
-// its stripe of dir_mu_ and a node's refs by its stripe of ref_mu_; the node
-// table by its shard's mutex. Order: tree_mu_ -> dir_mu_ -> ref_mu_ ->
-// table shards, prepared_mu_, links_mu_, open_mu_ (leaves) -> HandleCache::mu_.
-// No dir_mu_ stripe is held while another is taken.
+// Locking (docs/architecture.md, "Threads and locks"). tree_mu_ is a
+// reader-writer lock: requests that only read the namespace (lookup,
+// getattr, open for reading, readdir, xattr reads) hold it shared and run in
+// parallel; requests that change the namespace or a node's layers (create,
+// unlink, rename, copy-up's commit, setattr, xattr writes, layer change
+// events, strategy switches) hold it exclusively, and only for their
+// metadata work: no network and no data copying ever happens under it
+// (copy-up copies into a temporary file first). Under the shared lock, a
+// directory's children and load state are guarded by its stripe of dir_mu_
+// and a node's refs by its stripe of ref_mu_; the node table by its shard's
+// mutex. Order: tree_mu_ -> dir_mu_ -> ref_mu_ -> table shards, prepared_mu_,
+// links_mu_, open_mu_ (leaves) -> HandleCache::mu_. No dir_mu_ stripe is held
+// while another is taken.
 #pragma once
 
 #include <sys/stat.h>
@@ -126,7 +127,6 @@ struct UnionStats {
   std::atomic<uint64_t> retired_nodes{0};
   std::atomic<uint64_t> change_races{0};  // B: ESTALE met during a change, retried after its invalidation
   std::atomic<uint64_t> nodes{0};         // nodes the kernel holds
-  std::atomic<uint64_t> tree_nodes{0};    // nodes alive (the kernel's and the cached children)
   // Layer change events that named something the union already showed as it
   // is (its own writes seen by the upper watcher): nothing to drop or tell.
   std::atomic<uint64_t> changes_already_known{0};
