@@ -209,6 +209,7 @@ std::optional<StartupError> Daemon::prepare() {
   lower_->set_listener(listener_for(lower_layer_));
   if (cl_) cl_->set_listener(listener_for(cl_layer_));
   adapter_ = std::make_unique<FuseAdapter>(*fs_, timeouts_);
+  adapter_->set_kernel_opendir(opts_.dir_open == "kernel");
   register_metrics();
   return std::nullopt;
 }
@@ -245,6 +246,10 @@ void Daemon::apply_strategy(const HandleStrategy* s) {
 Result<std::string> Daemon::set_strategy(const std::string& name) {
   const HandleStrategy* s = strategies_.find(name);
   if (!s) return Error::from_errno(EINVAL, "unknown strategy '" + name + "' (none, A, B, C, auto)");
+  if (opts_.dir_open == "kernel" && !s->invalidates())
+    return Error::from_errno(EINVAL, "this mount runs with --dir-open kernel: the kernel keeps listings that only "
+                                     "invalidations refresh, so only B and auto (remount for " +
+                                         std::string(s->name()) + ")");
   apply_strategy(s);
   return std::string(s->name());
 }

@@ -56,6 +56,13 @@ Options:
   --long-timeout S        attribute timeout under B and auto, which invalidate
                           (default 60); their entry timeout is the TTL
   --threads N             FUSE worker threads (default 16)
+  --dir-open M            daemon (default): each directory open asks the daemon
+                          (OPENDIR, RELEASEDIR); kernel: the kernel opens
+                          directories without asking and keeps every listing
+                          until the daemon invalidates it: half the requests of
+                          a walk. Needs --strategy B or auto and --refresh
+                          merkle, and the mount then refuses a switch to none,
+                          A or C (the kernel decides this once per mount)
   --startup-timeout D     Mega must answer the first listing within D, connect
                           included, or antares-fs exits 4 (default 10s)
   --run-dir DIR           control endpoint directory (default $ANTARES_RUN_DIR
@@ -152,6 +159,11 @@ const std::vector<OptionDef>& option_defs() {
                    if (v != "merkle" && v != "per-dir" && v != "per_dir")
                      return "--refresh: unknown mode '" + v + "' (merkle, per-dir)";
                    o.refresh = v == "merkle" ? "merkle" : "per-dir";
+                   return std::nullopt;
+                 }});
+    d.push_back({"dir-open", true, [](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {
+                   if (v != "daemon" && v != "kernel") return "--dir-open: expected daemon or kernel, got '" + v + "'";
+                   o.dir_open = v;
                    return std::nullopt;
                  }});
     d.push_back({"cache-size", true, [](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {
@@ -359,6 +371,14 @@ ParsedArgs parse_daemon_args(const std::vector<std::string>& args, bool as_root,
   if (o.cache.empty()) return error("--cache DIR (-o cache=DIR) is required");
   if (o.cl.empty() != o.cl_dir.empty()) return error("--cl and --cl-dir go together");
   if (o.run_dir.empty()) return error("--run-dir must not be empty");
+  if (o.dir_open == "kernel") {
+    // Only invalidations keep what the kernel caches current, and under
+    // per-dir refresh it is the directory opens that drive the refresh.
+    if (o.strategy != "B" && o.strategy != "auto")
+      return error("--dir-open kernel needs --strategy B or auto (got " + o.strategy +
+                   "): the kernel keeps listings that only their invalidations refresh");
+    if (o.refresh != "merkle") return error("--dir-open kernel needs --refresh merkle (per-dir refreshes on opens)");
+  }
   if (debug) o.foreground = true;  // libfuse's debug output goes to stderr
 
   auto has = [&](const std::string& prefix) {

@@ -41,6 +41,10 @@ struct DaemonOptions {
   std::string refresh = "merkle";     // lower refresh: merkle or per-dir
   uint64_t cache_size = 10ull << 30;  // bound of the blob cache under --cache; 0 = none
   int prefetch = 8;                   // prefetch threads of the lower store; 0 = off
+  // "daemon": every directory open is an OPENDIR request. "kernel": the
+  // first is answered ENOSYS, after which the kernel opens directories by
+  // itself and caches every listing (B and auto only, merkle refresh).
+  std::string dir_open = "daemon";
   // Mount options for libfuse and the kernel, defaults applied: "allow_other",
   // "fsname=URL", ... (see fuse_mount_options()).
   std::vector<std::string> fuse_options;

@@ -128,6 +128,26 @@ TEST(DaemonOptions, LowerStoreKnobsInBothSpellings) {
   for (const char* s : {"--refresh", "--cache-size", "--prefetch"}) EXPECT_NE(usage.find(s), std::string::npos) << s;
 }
 
+TEST(DaemonOptions, DirOpenKernelOnlyWhereListingsAreInvalidated) {
+  auto d = parse({"u", "/m", "-o", "upper=/u,cache=/c"});
+  ASSERT_EQ(d.kind, ParsedArgs::Kind::run) << d.error;
+  EXPECT_EQ(d.options.dir_open, "daemon");
+  for (const char* s : {"auto", "B"}) {
+    auto k = parse({"u", "/m", "-o", std::string("upper=/u,cache=/c,dir_open=kernel,strategy=") + s});
+    ASSERT_EQ(k.kind, ParsedArgs::Kind::run) << s << ": " << k.error;
+    EXPECT_EQ(k.options.dir_open, "kernel");
+  }
+  for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
+           {"dir_open=yes", "--dir-open: expected daemon or kernel, got 'yes'"},
+           {"dir_open=kernel,strategy=none", "--dir-open kernel needs --strategy B or auto (got none)"},
+           {"dir_open=kernel,strategy=C", "--dir-open kernel needs --strategy B or auto (got C)"},
+           {"dir_open=kernel,refresh=per-dir", "--dir-open kernel needs --refresh merkle"}}) {
+    auto p = parse({"u", "/m", "-o", "upper=/u,cache=/c," + args});
+    ASSERT_EQ(p.kind, ParsedArgs::Kind::error) << args;
+    EXPECT_NE(p.error.find(want), std::string::npos) << args << " -> " << p.error;
+  }
+}
+
 TEST(DaemonOptions, CommasInValuesAreEscapedForLibfuse) {
   auto p = parse({"http://m:1/a,b", "/mnt/x", "-o", "upper=/u\\,1,cache=/c"});
   ASSERT_EQ(p.kind, ParsedArgs::Kind::run) << p.error;

@@ -81,8 +81,11 @@ void reply_attr(fuse_req_t req, FuseOp op, const Result<struct stat>& st) {
   fuse_reply_attr(req, &*st, a.timeouts().attr.load());
 }
 
-void op_init(void* userdata, fuse_conn_info* conn) {
-  (void)userdata;
+void op_init(void* userdata, fuse_conn_info* conn) { static_cast<FuseAdapter*>(userdata)->init(conn); }
+
+}  // namespace
+
+void FuseAdapter::init(fuse_conn_info* conn) {
   // READDIRPLUS, adaptive (the kernel asks for it while lookups follow its
   // listings): a walk that lstats what it lists then sends one request per
   // directory chunk instead of a LOOKUP per entry.
@@ -92,7 +95,15 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   // The caller's umask arrives with each create and is applied by the union
   // (and only it): the daemon's own umask must not mask modes a second time.
   if (conn->capable & FUSE_CAP_DONT_MASK) conn->want |= FUSE_CAP_DONT_MASK;
+  if (kernel_opendir_wanted_) {
+    if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
+      kernel_opendir_ = true;
+    else
+      log::warn("dir_open_kernel_unsupported", {{"fallback", "daemon"}});
+  }
 }
+
+namespace {
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   auto& a = prepared(req);
@@ -239,6 +250,13 @@ void op_fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
 }
 
 void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (self(req).kernel_opendir()) {
+    // "Open it yourself, from now on": the kernel sends no more OPENDIR or
+    // RELEASEDIR on this connection; READDIR then comes without a handle.
+    self(req).count(FuseOp::opendir, ENOSYS);
+    fuse_reply_err(req, ENOSYS);
+    return;
+  }
   auto& a = prepared(req);
   OpenDetails details;
   auto fd = a.fs().opendir(node(ino), &details);
@@ -262,7 +280,10 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 // snapshot, as many as fit in `size`.
 void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, bool plus) {
   const FuseOp op = plus ? FuseOp::readdirplus : FuseOp::readdir;
-  auto* h = reinterpret_cast<DirHandle*>(fi->fh);
+  // Without a handle (--dir-open kernel), each reply is cut from a fresh
+  // listing; the kernel reads a directory through once and keeps it.
+  DirHandle unopened;
+  auto* h = fi->fh ? reinterpret_cast<DirHandle*>(fi->fh) : &unopened;
   auto& a = off == 0 || !h->listed || plus ? prepared(req) : self(req);
   if (off == 0 || !h->listed) {
     auto entries = a.fs().readdir(node(ino));

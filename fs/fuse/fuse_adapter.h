@@ -79,12 +79,21 @@ class FuseAdapter {
   void before_request() const {
     if (before_request_) before_request_();
   }
+  // Zero-message opendir (--dir-open kernel): OPENDIR is answered ENOSYS,
+  // after which the kernel opens directories without asking and caches every
+  // listing (only for strategies that invalidate). Set before the session
+  // starts; takes effect if the kernel offers it (FUSE_CAP_NO_OPENDIR_SUPPORT).
+  void set_kernel_opendir(bool on) { kernel_opendir_wanted_ = on; }
+  bool kernel_opendir() const { return kernel_opendir_.load(std::memory_order_relaxed); }
+  void init(fuse_conn_info* conn);
 
  private:
   UnionFs& fs_;
   KernelTimeouts& timeouts_;
   ReplyStats stats_;
   std::function<void()> before_request_;
+  bool kernel_opendir_wanted_ = false;
+  std::atomic<bool> kernel_opendir_{false};
 };
 
 }  // namespace antares::fs
