@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "fs/tests/e2e_util.h"
 
@@ -33,15 +35,20 @@ bool lists(const std::string& dir, const std::string& name) {
   return names && std::find(names->begin(), names->end(), name) != names->end();
 }
 
+MountOptions kernel_dirs(const std::string& strategy, std::vector<std::string> more = {}) {
+  MountOptions o;
+  o.strategy = strategy;
+  o.extra = {"--dir-open", "kernel"};
+  o.extra.insert(o.extra.end(), more.begin(), more.end());
+  return o;
+}
+
 TEST(DirOpenKernel, WalkSendsNoOpendirAndListingsStayExact) {
   TempDir dir;
   MegaProcess mega(dir);
-  // A large directory behind the mount (many READDIR replies).
-  MountOptions o;
-  o.strategy = "auto";
-  o.extra = {"--dir-open", "kernel"};
-  Mount m(dir, mega.url(), o);
+  Mount m(dir, mega.url(), kernel_dirs("auto"));
   ASSERT_TRUE(m.ok()) << m.log();
+  // A large directory behind the mount (many READDIR replies).
   constexpr int kFiles = 1500;
   const std::string big = m.upper() + "/big";
   ASSERT_EQ(::mkdir(big.c_str(), 0755), 0) << strerror(errno);
@@ -89,28 +96,14 @@ TEST(DirOpenKernel, WalkSendsNoOpendirAndListingsStayExact) {
 TEST(DirOpenKernel, OnlyStrategiesThatInvalidate) {
   TempDir dir;
   MegaProcess mega(dir);
-  {
-    // The kernel would keep listings nobody invalidates.
-    MountOptions o;
-    o.strategy = "A";
-    o.extra = {"--dir-open", "kernel"};
+  // A's kernel would keep listings nobody invalidates; under per-dir
+  // refresh the opens are what refresh a directory.
+  for (const MountOptions& o : {kernel_dirs("A"), kernel_dirs("auto", {"--refresh", "per-dir"})}) {
     Mount m(dir, mega.url(), o);
-    EXPECT_FALSE(m.ok());
+    EXPECT_FALSE(m.ok()) << o.strategy;
     EXPECT_NE(m.log().find("--dir-open kernel"), std::string::npos) << m.log();
   }
-  {
-    // Under per-dir refresh the opens are what refresh a directory.
-    MountOptions o;
-    o.strategy = "auto";
-    o.extra = {"--dir-open", "kernel", "--refresh", "per-dir"};
-    Mount m(dir, mega.url(), o);
-    EXPECT_FALSE(m.ok());
-    EXPECT_NE(m.log().find("--dir-open kernel"), std::string::npos) << m.log();
-  }
-  MountOptions o;
-  o.strategy = "B";
-  o.extra = {"--dir-open", "kernel"};
-  Mount m(dir, mega.url(), o);
+  Mount m(dir, mega.url(), kernel_dirs("B"));
   ASSERT_TRUE(m.ok()) << m.log();
   for (const char* s : {"none", "A", "C"}) {
     std::string err;
