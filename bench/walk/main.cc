@@ -191,8 +191,8 @@ std::vector<Config> parse_configs(const std::string& list, milliseconds ttl) {
         cfg_ttl = *d;
       }
       bool kernel_dirs = false;
-      if (size_t plus = strategy.find("+kdir"); plus != std::string::npos && plus + 5 == strategy.size()) {
-        strategy.erase(plus);
+      if (strategy.ends_with("+kdir")) {
+        strategy.erase(strategy.size() - 5);
         kernel_dirs = true;
         if (strategy != "B" && strategy != "auto") usage_error("--configs: +kdir needs B or auto, in '" + t + "'");
       }

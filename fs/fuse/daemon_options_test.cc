@@ -18,6 +18,15 @@ ParsedArgs parse(std::vector<std::string> args, bool root = true) { return parse
 
 bool has(const std::vector<std::string>& v, const std::string& x) { return std::find(v.begin(), v.end(), x) != v.end(); }
 
+// Each -o suffix (after upper=/u,cache=/c) is refused with a message containing its text.
+void expect_refused(const std::vector<std::pair<std::string, std::string>>& cases) {
+  for (const auto& [args, want] : cases) {
+    auto p = parse({"u", "/m", "-o", "upper=/u,cache=/c," + args});
+    ASSERT_EQ(p.kind, ParsedArgs::Kind::error) << args;
+    EXPECT_NE(p.error.find(want), std::string::npos) << args << " -> " << p.error;
+  }
+}
+
 TEST(DaemonOptions, LongOptions) {
   auto p = parse({"--mega", "http://m:1", "--mountpoint", "/mnt/x", "--upper", "/u", "--cache=/c", "--ttl", "300ms",
                   "--strategy", "b", "--threads", "4", "--foreground", "--startup-timeout", "2s"});
@@ -113,17 +122,13 @@ TEST(DaemonOptions, LowerStoreKnobsInBothSpellings) {
   EXPECT_EQ(o.options.refresh, "merkle");
   EXPECT_EQ(o.options.cache_size, 0u) << "0: no blob cache";
   EXPECT_EQ(o.options.prefetch, 32);
-  for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
-           {"refresh=ttl", "--refresh: unknown mode 'ttl' (merkle, per-dir)"},
-           {"cache_size=10X", "--cache-size: not a size"},
-           {"cache_size=-1", "--cache-size: not a size"},
-           {"cache_size=100", "--cache-size: at least 1M"},
-           {"prefetch=1000", "--prefetch: expected 0..64"},
-           {"prefetch=x", "--prefetch: expected 0..64"}}) {
-    auto p = parse({"u", "/m", "-o", "upper=/u,cache=/c," + args});
-    ASSERT_EQ(p.kind, ParsedArgs::Kind::error) << args;
-    EXPECT_NE(p.error.find(want), std::string::npos) << args << " -> " << p.error;
-  }
+  expect_refused({
+      {"refresh=ttl", "--refresh: unknown mode 'ttl' (merkle, per-dir)"},
+      {"cache_size=10X", "--cache-size: not a size"},
+      {"cache_size=-1", "--cache-size: not a size"},
+      {"cache_size=100", "--cache-size: at least 1M"},
+      {"prefetch=1000", "--prefetch: expected 0..64"},
+      {"prefetch=x", "--prefetch: expected 0..64"}});
   std::string usage = daemon_usage();
   for (const char* s : {"--refresh", "--cache-size", "--prefetch"}) EXPECT_NE(usage.find(s), std::string::npos) << s;
 }
@@ -137,15 +142,11 @@ TEST(DaemonOptions, DirOpenKernelOnlyWhereListingsAreInvalidated) {
     ASSERT_EQ(k.kind, ParsedArgs::Kind::run) << s << ": " << k.error;
     EXPECT_EQ(k.options.dir_open, "kernel");
   }
-  for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
-           {"dir_open=yes", "--dir-open: expected daemon or kernel, got 'yes'"},
-           {"dir_open=kernel,strategy=none", "--dir-open kernel needs --strategy B or auto (got none)"},
-           {"dir_open=kernel,strategy=C", "--dir-open kernel needs --strategy B or auto (got C)"},
-           {"dir_open=kernel,refresh=per-dir", "--dir-open kernel needs --refresh merkle"}}) {
-    auto p = parse({"u", "/m", "-o", "upper=/u,cache=/c," + args});
-    ASSERT_EQ(p.kind, ParsedArgs::Kind::error) << args;
-    EXPECT_NE(p.error.find(want), std::string::npos) << args << " -> " << p.error;
-  }
+  expect_refused({
+      {"dir_open=yes", "--dir-open: expected daemon or kernel, got 'yes'"},
+      {"dir_open=kernel,strategy=none", "--dir-open kernel needs --strategy B or auto (got none)"},
+      {"dir_open=kernel,strategy=C", "--dir-open kernel needs --strategy B or auto (got C)"},
+      {"dir_open=kernel,refresh=per-dir", "--dir-open kernel needs --refresh merkle"}});
 }
 
 TEST(DaemonOptions, CommasInValuesAreEscapedForLibfuse) {

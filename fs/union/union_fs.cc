@@ -174,8 +174,6 @@ struct UnionFs::Node {
   Node(NodeId i, uint64_t n, bool d) : id(i), ino(n), is_dir(d) {
     if (d) dir = std::make_unique<DirState>();
   }
-  Node(const Node&) = delete;
-  Node& operator=(const Node&) = delete;
   const NodeId id;
   const uint64_t ino;
   const bool is_dir;
