@@ -46,8 +46,7 @@ Caller caller(fuse_req_t req) {
 // served from this snapshot for the rest of that pass.
 struct DirHandle {
   UniqueFd fd;  // O_PATH, tracked: answers fstat if the directory is removed while open
-  bool listed = false;
-  std::vector<DirEntry> entries;
+  DirSnapshots::Listing entries;  // from the last READDIR at offset 0
 };
 
 // What fuse_file_info::fh points to for an open file.
@@ -276,25 +275,31 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
 }
 
-// READDIR and READDIRPLUS: entries from offset `off` of the handle's
-// snapshot, as many as fit in `size`.
+// READDIR and READDIRPLUS: entries from offset `off` of the listing the
+// read started with (the handle's, or without one the reader's snapshot), as
+// many as fit in `size`.
 void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, bool plus) {
   const FuseOp op = plus ? FuseOp::readdirplus : FuseOp::readdir;
-  // Without a handle (--dir-open kernel), each reply is cut from a fresh
-  // listing; the kernel reads a directory through once and keeps it.
-  DirHandle unopened;
-  auto* h = fi->fh ? reinterpret_cast<DirHandle*>(fi->fh) : &unopened;
-  auto& a = off == 0 || !h->listed || plus ? prepared(req) : self(req);
-  if (off == 0 || !h->listed) {
+  auto* h = fi->fh ? reinterpret_cast<DirHandle*>(fi->fh) : nullptr;
+  DirSnapshots& snapshots = self(req).dir_snapshots();
+  const pid_t caller = fuse_req_ctx(req)->pid;
+  DirSnapshots::Listing listing;
+  if (off != 0) listing = h ? h->entries : snapshots.find(ino, caller);
+  auto& a = !listing || plus ? prepared(req) : self(req);
+  if (!listing) {
+    // A read starts (or one whose snapshot was forgotten goes on: it meets
+    // what a fresh listing has at its offset).
     auto entries = a.fs().readdir(node(ino));
     if (!entries.ok()) return a.reply_error(req, op, entries.error());
-    h->entries = std::move(*entries);
-    h->listed = true;
+    listing = std::make_shared<const std::vector<DirEntry>>(std::move(*entries));
+    if (h) h->entries = listing;
+    else snapshots.start(ino, caller, listing);
   }
+  if (!h && size_t(off) >= listing->size()) snapshots.finish(ino, caller);
   std::string buf(size, '\0');
   size_t used = 0;
-  for (size_t i = size_t(off); i < h->entries.size(); ++i) {
-    const DirEntry& e = h->entries[i];
+  for (size_t i = size_t(off); i < listing->size(); ++i) {
+    const DirEntry& e = (*listing)[i];
     size_t len;
     if (!plus) {
       struct stat st {};

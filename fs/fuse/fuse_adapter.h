@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "fs/fuse/dir_snapshots.h"
 #include "fs/union/union_fs.h"
 
 namespace antares::fs {
@@ -85,6 +86,7 @@ class FuseAdapter {
   // starts; takes effect if the kernel offers it (FUSE_CAP_NO_OPENDIR_SUPPORT).
   void set_kernel_opendir(bool on) { kernel_opendir_wanted_ = on; }
   bool kernel_opendir() const { return kernel_opendir_.load(std::memory_order_relaxed); }
+  DirSnapshots& dir_snapshots() { return dir_snapshots_; }
   void init(fuse_conn_info* conn);
 
  private:
@@ -94,6 +96,7 @@ class FuseAdapter {
   std::function<void()> before_request_;
   bool kernel_opendir_wanted_ = false;
   std::atomic<bool> kernel_opendir_{false};
+  DirSnapshots dir_snapshots_;  // READDIR without a handle
 };
 
 }  // namespace antares::fs
