@@ -246,7 +246,7 @@ void Daemon::apply_strategy(const HandleStrategy* s) {
 Result<std::string> Daemon::set_strategy(const std::string& name) {
   const HandleStrategy* s = strategies_.find(name);
   if (!s) return Error::from_errno(EINVAL, "unknown strategy '" + name + "' (none, A, B, C, auto)");
-  if (opts_.dir_open == "kernel" && !s->invalidates())
+  if (adapter_ && adapter_->kernel_may_open_dirs() && !s->invalidates())
     return Error::from_errno(EINVAL, "this mount runs with --dir-open kernel: the kernel keeps listings that only "
                                      "invalidations refresh, so only B and auto (remount for " +
                                          std::string(s->name()) + ")");

@@ -13,6 +13,7 @@
 
 #include "common/duration.h"
 #include "common/mountinfo.h"
+#include "fs/layers/strategy.h"
 #include "fs/lower/blob_cache.h"
 
 namespace antares::fs {
@@ -126,6 +127,12 @@ std::optional<std::string> set_string(std::string DaemonOptions::*field, DaemonO
   return std::nullopt;
 }
 
+// The strategies by name, and what each does (the one place that says).
+const StrategySet& strategies() {
+  static const StrategySet set;
+  return set;
+}
+
 const std::vector<OptionDef>& option_defs() {
   static const std::vector<OptionDef> defs = [] {
     std::vector<OptionDef> d;
@@ -181,13 +188,10 @@ const std::vector<OptionDef>& option_defs() {
                    return std::nullopt;
                  }});
     d.push_back({"strategy", true, [](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {
-                   static const char* kNames[] = {"none", "A", "B", "C", "auto"};
-                   for (const char* n : kNames)
-                     if (strcasecmp(n, v.c_str()) == 0) {
-                       o.strategy = n;
-                       return std::nullopt;
-                     }
-                   return "--strategy: unknown strategy '" + v + "' (none, A, B, C, auto)";
+                   const HandleStrategy* s = strategies().find(v);
+                   if (!s) return "--strategy: unknown strategy '" + v + "' (none, A, B, C, auto)";
+                   o.strategy = std::string(s->name());
+                   return std::nullopt;
                  }});
     auto secs = [&](const char* name, double DaemonOptions::*field) {
       d.push_back({name, true, [field, name](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {
@@ -374,7 +378,7 @@ ParsedArgs parse_daemon_args(const std::vector<std::string>& args, bool as_root,
   if (o.dir_open == "kernel") {
     // Only invalidations keep what the kernel caches current, and under
     // per-dir refresh it is the directory opens that drive the refresh.
-    if (o.strategy != "B" && o.strategy != "auto")
+    if (!strategies().find(o.strategy)->invalidates())
       return error("--dir-open kernel needs --strategy B or auto (got " + o.strategy +
                    "): the kernel keeps listings that only their invalidations refresh");
     if (o.refresh != "merkle") return error("--dir-open kernel needs --refresh merkle (per-dir refreshes on opens)");

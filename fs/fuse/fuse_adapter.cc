@@ -95,10 +95,12 @@ void FuseAdapter::init(fuse_conn_info* conn) {
   // (and only it): the daemon's own umask must not mask modes a second time.
   if (conn->capable & FUSE_CAP_DONT_MASK) conn->want |= FUSE_CAP_DONT_MASK;
   if (kernel_opendir_wanted_) {
-    if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
+    if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) {
       kernel_opendir_ = true;
-    else
+    } else {
+      kernel_opendir_declined_ = true;
       log::warn("dir_open_kernel_unsupported", {{"fallback", "daemon"}});
+    }
   }
 }
 

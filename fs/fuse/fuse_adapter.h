@@ -86,6 +86,11 @@ class FuseAdapter {
   // starts; takes effect if the kernel offers it (FUSE_CAP_NO_OPENDIR_SUPPORT).
   void set_kernel_opendir(bool on) { kernel_opendir_wanted_ = on; }
   bool kernel_opendir() const { return kernel_opendir_.load(std::memory_order_relaxed); }
+  // Whether the kernel opens (or may yet open, before INIT) directories by
+  // itself on this connection: asked for and not declined.
+  bool kernel_may_open_dirs() const {
+    return kernel_opendir_wanted_ && !kernel_opendir_declined_.load(std::memory_order_relaxed);
+  }
   DirSnapshots& dir_snapshots() { return dir_snapshots_; }
   void init(fuse_conn_info* conn);
 
@@ -96,6 +101,7 @@ class FuseAdapter {
   std::function<void()> before_request_;
   bool kernel_opendir_wanted_ = false;
   std::atomic<bool> kernel_opendir_{false};
+  std::atomic<bool> kernel_opendir_declined_{false};
   DirSnapshots dir_snapshots_;  // READDIR without a handle
 };
 
