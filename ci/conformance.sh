@@ -23,6 +23,8 @@
 #   PJDFSTEST     directory holding the built `pjdfstest` binary and `tests/` (required)
 #   FSX           the fsx binary (required)
 #   STRATEGIES    strategies to mount, default "auto A B C" ("" = reference only)
+#   FS_ARGS       extra antares-fs arguments for every mount, e.g.
+#                 "--dir-open kernel --file-open kernel", default none
 #   SUITES        default "pjdfstest fsx"; "fsx" alone for long fsx runs
 #   FSX_OPS       fsx operations per file, default 100000 (the bar is 1000000)
 #   FSX_SEED      fsx seed, default 1
@@ -45,6 +47,7 @@ SUITES=${SUITES:-pjdfstest fsx}
 FSX_OPS=${FSX_OPS:-100000}
 FSX_SEED=${FSX_SEED:-1}
 FSX_ARGS=${FSX_ARGS:-}
+FS_ARGS=${FS_ARGS:-}
 FSX_TIMEOUT=${FSX_TIMEOUT:-7200}
 PJD_TESTS=${PJD_TESTS:-}
 PJD_TIMEOUT=${PJD_TIMEOUT:-900}
@@ -316,7 +319,7 @@ start_fs() {
   local s=$1 base=$2 log=$3
   { mkdir -p "$base"/{mnt,upper,cache} && mkdir -m 0700 "$base/run"; } || die "cannot create $base"
   "$BIN/antares-fs" --mega "$MEGA_URL" --mountpoint "$base/mnt" --upper "$base/upper" --cache "$base/cache" \
-    --run-dir "$base/run" --strategy "$s" --foreground >"$log" 2>&1 </dev/null &
+    --run-dir "$base/run" --strategy "$s" --foreground $FS_ARGS >"$log" 2>&1 </dev/null &
   FS_PID=$!
   FS_MNT=$base/mnt
   local deadline=$((SECONDS + READY_TIMEOUT))

@@ -69,8 +69,9 @@ requests per walk and daemon RSS per entry. Needs root (mounts).
   --globs               also list every package's subtree again, as its glob()s
                         would without buck2's cache (off: each directory is listed once)
   --configs LIST        of native, overlay, fuse-overlayfs, passthrough_ll,
-                        antares-<none|A|B|C|auto>[+kdir][@TTL] (+kdir: antares-fs
-                        --dir-open kernel, B and auto only); "refs", "antares", "all"
+                        antares-<none|A|B|C|auto>[+kdir|+kopen][@TTL] (+kdir:
+                        antares-fs --dir-open kernel; +kopen: that and --file-open
+                        kernel; B and auto only); "refs", "antares", "all"
                         (default all; native is always measured)
   --conditions LIST     antares conditions: hot, ttl, changes, cold, restart (default all)
   --passthrough-max-entries N
@@ -98,7 +99,7 @@ struct Config {
   Kind kind = Kind::native;
   std::string strategy;  // antares
   milliseconds ttl{0};   // antares
-  bool kernel_dirs = false;  // antares: --dir-open kernel ("+kdir")
+  std::vector<std::string> fs_args = {};  // antares: "+kdir", "+kopen"
 };
 
 const std::vector<std::string> kConditions = {"hot", "ttl", "changes", "cold", "restart"};
@@ -190,15 +191,17 @@ std::vector<Config> parse_configs(const std::string& list, milliseconds ttl) {
         if (!d || d->count() <= 0) usage_error("--configs: bad TTL in '" + t + "' (try antares-auto@300s)");
         cfg_ttl = *d;
       }
-      bool kernel_dirs = false;
-      if (strategy.ends_with("+kdir")) {
-        strategy.erase(strategy.size() - 5);
-        kernel_dirs = true;
-        if (strategy != "B" && strategy != "auto") usage_error("--configs: +kdir needs B or auto, in '" + t + "'");
+      std::vector<std::string> fs_args;
+      for (const std::string suffix : {"+kdir", "+kopen"}) {
+        if (!strategy.ends_with(suffix)) continue;
+        strategy.erase(strategy.size() - suffix.size());
+        fs_args = {"--dir-open", "kernel"};
+        if (suffix == "+kopen") fs_args.insert(fs_args.end(), {"--file-open", "kernel"});
+        if (strategy != "B" && strategy != "auto") usage_error("--configs: " + suffix + " needs B or auto, in '" + t + "'");
       }
       if (std::find(kStrategies.begin(), kStrategies.end(), strategy) == kStrategies.end())
         usage_error("--configs: unknown strategy in '" + t + "' (none, A, B, C, auto)");
-      add({t, Kind::antares, strategy, cfg_ttl, kernel_dirs});
+      add({t, Kind::antares, strategy, cfg_ttl, fs_args});
     } else {
       usage_error("--configs: unknown configuration '" + t + "'");
     }
@@ -578,7 +581,7 @@ repro::FsOptions Bench::fs_options(const Config& c) const {
   f.ttl = ms_text(c.ttl);
   f.log_level = "warn";  // the walk, not the daemon's log, is measured
   f.threads = o_.daemon_threads;
-  if (c.kernel_dirs) f.extra_args = {"--dir-open", "kernel"};
+  f.extra_args = c.fs_args;
   // A mirror not shut down cleanly is wiped at startup: at 100k files (and on
   // ext4 mounted with `discard`) that alone can take tens of seconds.
   f.ready_timeout = std::chrono::minutes(10);

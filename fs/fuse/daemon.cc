@@ -161,6 +161,9 @@ std::optional<StartupError> Daemon::prepare() {
   lo.blob_cache = blobs_.get();
   lo.attic = attic;
   lo.prefetch_threads = unsigned(opts_.prefetch);
+  // A file the kernel opened itself has no fd of ours to keep a replaced
+  // version alive: kept until keep_max newer replacements push it out.
+  if (opts_.file_open == "kernel") lo.keep_for = std::chrono::hours(24 * 365);
   lower_ = std::make_unique<LowerStore>(*mega_, mirror, lo);
   if (auto st = lower_->status(); !st.ok()) return startup_error(kExitLayerDir, "lower mirror: " + st.error().describe());
   lower_->set_root_oid(*root_oid);
@@ -210,6 +213,7 @@ std::optional<StartupError> Daemon::prepare() {
   if (cl_) cl_->set_listener(listener_for(cl_layer_));
   adapter_ = std::make_unique<FuseAdapter>(*fs_, timeouts_);
   adapter_->set_kernel_opendir(opts_.dir_open == "kernel");
+  adapter_->set_kernel_open(opts_.file_open == "kernel");
   register_metrics();
   return std::nullopt;
 }
@@ -246,10 +250,11 @@ void Daemon::apply_strategy(const HandleStrategy* s) {
 Result<std::string> Daemon::set_strategy(const std::string& name) {
   const HandleStrategy* s = strategies_.find(name);
   if (!s) return Error::from_errno(EINVAL, "unknown strategy '" + name + "' (none, A, B, C, auto)");
-  if (adapter_ && adapter_->kernel_may_open_dirs() && !s->invalidates())
-    return Error::from_errno(EINVAL, "this mount runs with --dir-open kernel: the kernel keeps listings that only "
-                                     "invalidations refresh, so only B and auto (remount for " +
-                                         std::string(s->name()) + ")");
+  if (adapter_ && (adapter_->kernel_may_open_dirs() || adapter_->kernel_may_open_files()) && !s->invalidates())
+    return Error::from_errno(EINVAL, std::string("this mount runs with ") +
+                                         (adapter_->kernel_may_open_dirs() ? "--dir-open" : "--file-open") +
+                                         " kernel: the kernel keeps what only invalidations refresh, so only B and "
+                                         "auto (remount for " + std::string(s->name()) + ")");
   apply_strategy(s);
   return std::string(s->name());
 }

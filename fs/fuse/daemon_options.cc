@@ -64,6 +64,12 @@ Options:
                           a walk. Needs --strategy B or auto and --refresh
                           merkle, and the mount then refuses a switch to none,
                           A or C (the kernel decides this once per mount)
+  --file-open M           daemon (default): each file open asks the daemon (OPEN,
+                          RELEASE); kernel: the kernel opens files without
+                          asking and keeps their pages until invalidated, and
+                          reads and writes open the file per request: a walk
+                          that reads what it read before sends no request for
+                          it. Same conditions as --dir-open kernel
   --startup-timeout D     Mega must answer the first listing within D, connect
                           included, or antares-fs exits 4 (default 10s)
   --run-dir DIR           control endpoint directory (default $ANTARES_RUN_DIR
@@ -168,11 +174,16 @@ const std::vector<OptionDef>& option_defs() {
                    o.refresh = v == "merkle" ? "merkle" : "per-dir";
                    return std::nullopt;
                  }});
-    d.push_back({"dir-open", true, [](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {
-                   if (v != "daemon" && v != "kernel") return "--dir-open: expected daemon or kernel, got '" + v + "'";
-                   o.dir_open = v;
-                   return std::nullopt;
-                 }});
+    auto opener = [&](const char* name, std::string DaemonOptions::*field) {
+      d.push_back({name, true, [field, name](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {
+                     if (v != "daemon" && v != "kernel")
+                       return std::string("--") + name + ": expected daemon or kernel, got '" + v + "'";
+                     o.*field = v;
+                     return std::nullopt;
+                   }});
+    };
+    opener("dir-open", &DaemonOptions::dir_open);
+    opener("file-open", &DaemonOptions::file_open);
     d.push_back({"cache-size", true, [](DaemonOptions& o, const std::string& v) -> std::optional<std::string> {
                    auto n = parse_size(v);
                    if (!n) return "--cache-size: not a size: '" + v + "' (try 10G, 512M or 0 for none)";
@@ -375,13 +386,14 @@ ParsedArgs parse_daemon_args(const std::vector<std::string>& args, bool as_root,
   if (o.cache.empty()) return error("--cache DIR (-o cache=DIR) is required");
   if (o.cl.empty() != o.cl_dir.empty()) return error("--cl and --cl-dir go together");
   if (o.run_dir.empty()) return error("--run-dir must not be empty");
-  if (o.dir_open == "kernel") {
+  for (auto [name, value] : {std::pair{"--dir-open", &o.dir_open}, std::pair{"--file-open", &o.file_open}}) {
+    if (*value != "kernel") continue;
     // Only invalidations keep what the kernel caches current, and under
-    // per-dir refresh it is the directory opens that drive the refresh.
+    // per-dir refresh it is the opens that drive the refresh.
     if (!strategies().find(o.strategy)->invalidates())
-      return error("--dir-open kernel needs --strategy B or auto (got " + o.strategy +
-                   "): the kernel keeps listings that only their invalidations refresh");
-    if (o.refresh != "merkle") return error("--dir-open kernel needs --refresh merkle (per-dir refreshes on opens)");
+      return error(std::string(name) + " kernel needs --strategy B or auto (got " + o.strategy +
+                   "): the kernel keeps what only invalidations refresh");
+    if (o.refresh != "merkle") return error(std::string(name) + " kernel needs --refresh merkle (per-dir refreshes on opens)");
   }
   if (debug) o.foreground = true;  // libfuse's debug output goes to stderr
 

@@ -45,6 +45,7 @@ struct DaemonOptions {
   // first is answered ENOSYS, after which the kernel opens directories by
   // itself and caches every listing (B and auto only, merkle refresh).
   std::string dir_open = "daemon";
+  std::string file_open = "daemon";
   // Mount options for libfuse and the kernel, defaults applied: "allow_other",
   // "fsname=URL", ... (see fuse_mount_options()).
   std::vector<std::string> fuse_options;

@@ -102,6 +102,17 @@ void FuseAdapter::init(fuse_conn_info* conn) {
       log::warn("dir_open_kernel_unsupported", {{"fallback", "daemon"}});
     }
   }
+  if (kernel_open_wanted_) {
+    if (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) {
+      // An O_TRUNC the kernel keeps to itself would never reach the file.
+      conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
+      fs_.set_unopened_files(true);
+      kernel_open_ = true;
+    } else {
+      kernel_open_declined_ = true;
+      log::warn("file_open_kernel_unsupported", {{"fallback", "daemon"}});
+    }
+  }
 }
 
 namespace {
@@ -135,12 +146,12 @@ void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 
 void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // fstat of an open file: the object it opened, whatever its name holds now.
-  if (fi) return reply_attr(req, FuseOp::getattr, self(req).fs().fgetattr(node(ino), fd_of(fi), file_of(fi).details));
+  if (fi && fi->fh) return reply_attr(req, FuseOp::getattr, self(req).fs().fgetattr(node(ino), fd_of(fi), file_of(fi).details));
   reply_attr(req, FuseOp::getattr, prepared(req).fs().getattr(node(ino)));
 }
 
 void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
-  int fd = fi ? fd_of(fi) : -1;
+  int fd = fi && fi->fh ? fd_of(fi) : -1;
   reply_attr(req, FuseOp::setattr, self(req).fs().setattr(node(ino), *attr, to_set, fd));
 }
 
@@ -182,6 +193,12 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t n
 }
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (self(req).kernel_open()) {
+    // As for directories: the kernel opens files itself from now on.
+    self(req).count(FuseOp::open, ENOSYS);
+    fuse_reply_err(req, ENOSYS);
+    return;
+  }
   auto& a = prepared(req);
   auto f = std::make_unique<OpenFile>();
   auto fd = a.fs().open(node(ino), fi->flags, &f->details);
@@ -214,37 +231,64 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   else a.fs().track_close(r->first.node, f->fd.get());
 }
 
-void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+// The fd an I/O request works on: its handle's, or for a file the kernel
+// opened itself (fh 0) one opened for this request into `owned`.
+Result<int> io_fd(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int flags, UniqueFd* owned) {
+  if (fi->fh) return fd_of(fi);
+  auto fd = prepared(req).fs().open_unopened(node(ino), flags);
+  if (!fd.ok()) return fd.error();
+  *owned = std::move(*fd);
+  return owned->get();
+}
+
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  UniqueFd owned;
+  auto fd = io_fd(req, ino, fi, O_RDONLY, &owned);
+  if (!fd.ok()) return self(req).reply_error(req, FuseOp::read, fd.error());
   fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
   buf.buf[0].flags = fuse_buf_flags(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-  buf.buf[0].fd = fd_of(fi);
+  buf.buf[0].fd = *fd;
   buf.buf[0].pos = off;
   self(req).count(FuseOp::read, 0);
   fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
-void op_write(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off, fuse_file_info* fi) {
+void op_write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off, fuse_file_info* fi) {
   auto& a = self(req);
-  ssize_t n = ::pwrite(fd_of(fi), data, size, off);
+  UniqueFd owned;
+  auto fd = io_fd(req, ino, fi, O_WRONLY, &owned);
+  if (!fd.ok()) return a.reply_error(req, FuseOp::write, fd.error());
+  ssize_t n = ::pwrite(*fd, data, size, off);
   if (n < 0) return a.reply_error(req, FuseOp::write, Error::from_errno(errno, "write"));
   a.count(FuseOp::write, 0);
   fuse_reply_write(req, size_t(n));
 }
 
-void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
-  self(req).count(FuseOp::flush, 0);
-  fuse_reply_err(req, 0);
+void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  // Opened by the kernel: nothing of ours to flush, and ENOSYS stops FLUSH
+  // for the connection (handles of ours say noflush).
+  int err = fi->fh ? 0 : ENOSYS;
+  self(req).count(FuseOp::flush, err);
+  fuse_reply_err(req, err);
 }
 
 void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (!fi->fh) {  // the open answered ENOSYS
+    self(req).count(FuseOp::release, 0);
+    fuse_reply_err(req, 0);
+    return;
+  }
   self(req).fs().track_close(node(ino), fd_of(fi));
   delete &file_of(fi);
   self(req).count(FuseOp::release, 0);
   fuse_reply_err(req, 0);
 }
 
-void op_fsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
-  int r = datasync ? ::fdatasync(fd_of(fi)) : ::fsync(fd_of(fi));
+void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  UniqueFd owned;
+  auto fd = io_fd(req, ino, fi, O_RDONLY, &owned);
+  if (!fd.ok()) return self(req).reply_error(req, FuseOp::fsync, fd.error());
+  int r = datasync ? ::fdatasync(*fd) : ::fsync(*fd);
   if (r != 0) return self(req).reply_error(req, FuseOp::fsync, Error::from_errno(errno, "fsync"));
   self(req).count(FuseOp::fsync, 0);
   fuse_reply_err(req, 0);

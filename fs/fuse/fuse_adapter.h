@@ -91,6 +91,15 @@ class FuseAdapter {
   bool kernel_may_open_dirs() const {
     return kernel_opendir_wanted_ && !kernel_opendir_declined_.load(std::memory_order_relaxed);
   }
+  // Zero-message open of files (--file-open kernel), the same for OPEN
+  // (FUSE_CAP_NO_OPEN_SUPPORT): READ, WRITE, fstat and fsync then come
+  // without a handle and are served through UnionFs::open_unopened; no
+  // atomic O_TRUNC (the kernel truncates with SETATTR, which reaches us).
+  void set_kernel_open(bool on) { kernel_open_wanted_ = on; }
+  bool kernel_open() const { return kernel_open_.load(std::memory_order_relaxed); }
+  bool kernel_may_open_files() const {
+    return kernel_open_wanted_ && !kernel_open_declined_.load(std::memory_order_relaxed);
+  }
   DirSnapshots& dir_snapshots() { return dir_snapshots_; }
   void init(fuse_conn_info* conn);
 
@@ -102,6 +111,9 @@ class FuseAdapter {
   bool kernel_opendir_wanted_ = false;
   std::atomic<bool> kernel_opendir_{false};
   std::atomic<bool> kernel_opendir_declined_{false};
+  bool kernel_open_wanted_ = false;
+  std::atomic<bool> kernel_open_{false};
+  std::atomic<bool> kernel_open_declined_{false};
   DirSnapshots dir_snapshots_;  // READDIR without a handle
 };
 

@@ -7,6 +7,11 @@
 // position are removed between two of its READDIRs; names made through the
 // mount, behind it in the upper layer and on the server all appear; the
 // strategies that do not invalidate are refused, at startup and at runtime.
+// --file-open kernel, the same for files: no OPEN or RELEASE after the
+// first; reads, writes (copy-up, O_TRUNC, ftruncate), fstat and fsync of a
+// file the daemon never opened; a file unlinked or renamed over while open
+// stays readable and writable; one replaced on the server keeps reading the
+// version it was opened at.
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/syscall.h>
@@ -26,6 +31,7 @@ namespace antares::e2e {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::read_file;
 
 // The names of `path`, each exactly once (a duplicate fails the test).
 std::set<std::string> names_once(const std::string& path) {
@@ -163,6 +169,118 @@ TEST(DirOpenKernel, NamesRemovedBehindAReaderShiftNothing) {
   EXPECT_EQ(names_once(m.path("big")), now);
 }
 
+MountOptions kernel_opens(const std::string& strategy = "auto") {
+  return kernel_dirs(strategy, {"--file-open", "kernel"});
+}
+
+std::string pread_all(int fd) {
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  for (off_t off = 0; (n = ::pread(fd, buf, sizeof buf, off)) > 0; off += n) out.append(buf, size_t(n));
+  if (n < 0) return std::string("pread: ") + strerror(errno);
+  return out;
+}
+
+TEST(FileOpenKernel, ReadsAndWritesOfFilesTheDaemonNeverOpened) {
+  TempDir dir;
+  MegaProcess mega(dir);
+  Mount m(dir, mega.url(), kernel_opens());
+  ASSERT_TRUE(m.ok()) << m.log();
+  const auto files = lower_only_files(mega, 4);
+  for (auto& f : files) EXPECT_EQ(read_file(m.path(rel(f))), server_content(mega, f)) << f;
+  EXPECT_LE(fuse_requests(m, "open"), 1u) << "the first open is answered ENOSYS, after which the kernel asks no more";
+  EXPECT_LE(fuse_requests(m, "release"), 1u);
+  EXPECT_GE(fuse_requests(m, "read"), files.size() - 1);
+
+  // Written in place: copied up first, the rest of the file kept.
+  const std::string a = m.path(rel(files[0])), a_was = server_content(mega, files[0]);
+  int fd = ::open(a.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  ASSERT_EQ(::pwrite(fd, "XY", 2, 0), 2) << strerror(errno);
+  EXPECT_EQ(::fsync(fd), 0) << strerror(errno);
+  struct stat st {};
+  ASSERT_EQ(::fstat(fd, &st), 0) << strerror(errno);
+  EXPECT_EQ(size_t(st.st_size), a_was.size());
+  ::close(fd);
+  EXPECT_EQ(read_file(m.upper() + "/" + rel(files[0])), "XY" + a_was.substr(2));
+  EXPECT_EQ(read_file(a), "XY" + a_was.substr(2));
+
+  // O_TRUNC reaches the file (as a SETATTR), and so does ftruncate.
+  fd = ::open(m.path(rel(files[1])).c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  ASSERT_EQ(::write(fd, "new", 3), 3) << strerror(errno);
+  ASSERT_EQ(::ftruncate(fd, 2), 0) << strerror(errno);
+  ::close(fd);
+  EXPECT_EQ(read_file(m.path(rel(files[1]))), "ne");
+  EXPECT_EQ(read_file(m.upper() + "/" + rel(files[1])), "ne");
+
+  // Read-write through one descriptor, and mmap.
+  fd = ::open(m.path(rel(files[2])).c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  ASSERT_EQ(::pwrite(fd, "Q", 1, 1), 1) << strerror(errno);
+  std::string want = server_content(mega, files[2]);
+  want[1] = 'Q';
+  EXPECT_EQ(pread_all(fd), want);
+  ::close(fd);
+  EXPECT_LE(fuse_requests(m, "open"), 1u);
+}
+
+TEST(FileOpenKernel, AFileWhoseNameGoesWhileOpenStaysReadableAndWritable) {
+  TempDir dir;
+  MegaProcess mega(dir);
+  Mount m(dir, mega.url(), kernel_opens());
+  ASSERT_TRUE(m.ok()) << m.log();
+  const auto lower = lower_only_files(mega, 1);
+  ASSERT_TRUE(write_file(m.path("scratch"), "scratch bytes"));
+  ASSERT_TRUE(write_file(m.path("target"), "target bytes"));
+  ASSERT_TRUE(write_file(m.path("other"), "other bytes"));
+  int scratch = ::open(m.path("scratch").c_str(), O_RDWR | O_CLOEXEC);
+  int target = ::open(m.path("target").c_str(), O_RDONLY | O_CLOEXEC);
+  int low = ::open(m.path(rel(lower[0])).c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_TRUE(scratch >= 0 && target >= 0 && low >= 0) << strerror(errno);
+  ASSERT_EQ(::unlink(m.path("scratch").c_str()), 0) << strerror(errno);
+  ASSERT_EQ(::rename(m.path("other").c_str(), m.path("target").c_str()), 0) << strerror(errno);
+  ASSERT_EQ(::unlink(m.path(rel(lower[0])).c_str()), 0) << strerror(errno);
+  // Dropped from the page cache, the bytes must come from the daemon again.
+  for (int fd : {scratch, target, low}) ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  EXPECT_EQ(pread_all(scratch), "scratch bytes");
+  EXPECT_EQ(::pwrite(scratch, "S", 1, 0), 1) << strerror(errno);
+  ::posix_fadvise(scratch, 0, 0, POSIX_FADV_DONTNEED);
+  EXPECT_EQ(pread_all(scratch), "Scratch bytes");
+  struct stat st {};
+  EXPECT_EQ(::fstat(scratch, &st), 0) << strerror(errno);
+  EXPECT_EQ(st.st_nlink, 0u);
+  EXPECT_EQ(pread_all(target), "target bytes");
+  EXPECT_EQ(pread_all(low), server_content(mega, lower[0]));
+  for (int fd : {scratch, target, low}) ::close(fd);
+  EXPECT_EQ(read_file(m.path("target")), "other bytes");
+}
+
+TEST(FileOpenKernel, AFileReplacedOnTheServerKeepsReadingTheVersionItOpened) {
+  TempDir dir;
+  MegaProcess mega(dir);
+  Mount m(dir, mega.url(), kernel_opens());
+  ASSERT_TRUE(m.ok()) << m.log();
+  const std::string f = lower_only_files(mega, 1)[0];
+  const std::string old_bytes = server_content(mega, f);
+  int fd = ::open(m.path(rel(f)).c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  ASSERT_EQ(pread_all(fd), old_bytes);
+  mutate(mega, json::array({{{"kind", "modify"}, {"path", f}}}));
+  const std::string new_bytes = server_content(mega, f);
+  ASSERT_NE(new_bytes, old_bytes);
+  refresh(m);
+  EXPECT_TRUE(testing::wait_until([&] { return read_file(m.path(rel(f))) == new_bytes; }, 20s))
+      << "the new version never appeared";
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  EXPECT_EQ(pread_all(fd), old_bytes) << "an open file must keep its version";
+  struct stat st {};
+  EXPECT_EQ(::fstat(fd, &st), 0) << strerror(errno);
+  EXPECT_EQ(size_t(st.st_size), old_bytes.size());
+  ::close(fd);
+}
+
 TEST(DirOpenKernel, OnlyStrategiesThatInvalidate) {
   TempDir dir;
   MegaProcess mega(dir);
@@ -172,6 +290,21 @@ TEST(DirOpenKernel, OnlyStrategiesThatInvalidate) {
     Mount m(dir, mega.url(), o);
     EXPECT_FALSE(m.ok()) << o.strategy;
     EXPECT_NE(m.log().find("--dir-open kernel"), std::string::npos) << m.log();
+  }
+  for (const char* s : {"none", "A", "C"}) {
+    MountOptions o;
+    o.strategy = s;
+    o.extra = {"--file-open", "kernel"};
+    Mount m(dir, mega.url(), o);
+    EXPECT_FALSE(m.ok()) << s;
+    EXPECT_NE(m.log().find("--file-open kernel"), std::string::npos) << m.log();
+  }
+  {
+    Mount m(dir, mega.url(), kernel_opens("B"));
+    ASSERT_TRUE(m.ok()) << m.log();
+    std::string err;
+    EXPECT_NE(m.ctl({"strategy", "none"}, nullptr, &err), 0);
+    EXPECT_NE(err.find("kernel"), std::string::npos) << err;
   }
   Mount m(dir, mega.url(), kernel_dirs("B"));
   ASSERT_TRUE(m.ok()) << m.log();

@@ -53,6 +53,10 @@ TEST_P(TornReads, EveryReadIsOneVersionTheFileHad) {
   for (auto& f : files) versions[f].insert(oid_of(mega_, f));
   MountOptions o;
   o.strategy = GetParam();
+  if (o.strategy == "auto_kernel_opens") {  // files and directories opened without the daemon
+    o.strategy = "auto";
+    o.extra = {"--dir-open", "kernel", "--file-open", "kernel"};
+  }
   o.ttl = "20ms";
   Mount m(dir_, mega_.url(), o);
   ASSERT_TRUE(m.ok()) << m.log();
@@ -185,7 +189,7 @@ TEST_P(TornReads, EveryReadIsOneVersionTheFileHad) {
   EXPECT_GT(seen.size(), files.size() * 3) << "reads must have met several versions of each file";
 }
 
-INSTANTIATE_TEST_SUITE_P(Strategies, TornReads, ::testing::Values("A", "B", "C", "auto"),
+INSTANTIATE_TEST_SUITE_P(Strategies, TornReads, ::testing::Values("A", "B", "C", "auto", "auto_kernel_opens"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

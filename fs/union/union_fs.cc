@@ -676,7 +676,7 @@ Result<UniqueFd> UnionFs::open_ref(const NodePtr& n, size_t layer, int flags, Op
   if (!ref) return Error::from_errno(ENOENT, "no such layer object");
   const Identity before = ref->id;
   auto fd = strategy_.get().open(*layers_[layer], *ref, [&] { return path_of(n); }, flags);
-  if (fd.ok() && ref->type != S_IFDIR && fixes() && layers_[layer]->hooks().is_kept(ref->id.ino) &&
+  if (fd.ok() && ref->type != S_IFDIR && fixes() && !unopened_files_.load() && layers_[layer]->hooks().is_kept(ref->id.ino) &&
       !in_retry_grace(n)) {
     // Replaced or removed since the kernel got this node: ESTALE, so the
     // kernel walks the path again (see the class comment).
@@ -865,7 +865,7 @@ void UnionFs::track_close(NodeId node, int fd) {
 Result<struct stat> UnionFs::stat_node(const NodePtr& n, Op op) {
   int top = top_layer(n);
   Error why = Error::from_errno(ENOENT, path_of(n));
-  if (top >= 0 && (!n->retired.load() || in_retry_grace(n))) {
+  if (top >= 0 && (!n->retired.load() || in_retry_grace(n) || unopened_files_.load())) {
     auto fd = open_ref(n, size_t(top), O_PATH, op);
     if (fd.ok()) {
       auto stx = layers_[size_t(top)]->hooks().stat(fd->get());
@@ -929,6 +929,7 @@ void UnionFs::forget(NodeId node, uint64_t nlookup) {
     dropped = std::move(it->second);
     s.nodes.erase(it);
     stats_.nodes--;
+    if (unopened_files_.load()) release_kept_for_kernel(node);
   }
 }
 
@@ -1179,6 +1180,59 @@ Result<UniqueFd> UnionFs::open_once(NodeId node, int flags, OpenDetails* details
     details->layer = top;
   }
   return fd;
+}
+
+Result<UniqueFd> UnionFs::open_unopened(NodeId node, int flags) {
+  {
+    std::lock_guard lk(open_mu_);
+    if (auto it = kept_for_kernel_.find(raw(node)); it != kept_for_kernel_.end()) {
+      int fd = ::fcntl(it->second.get(), F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) return sys_error("dup");
+      return UniqueFd(fd);
+    }
+  }
+  return open(node, flags & ~(O_TRUNC | O_CREAT | O_EXCL));
+}
+
+void UnionFs::keep_for_kernel(const NodePtr& n) {
+  if (!unopened_files_.load() || !S_ISREG(n->type) || n->nlookup.load() == 0) return;
+  {
+    std::lock_guard ll(links_mu_);
+    if (n->aliases && !n->aliases->empty()) return;  // another name carries on
+  }
+  int top = top_layer(n);
+  if (top < 0) return;
+  {
+    std::lock_guard lk(open_mu_);
+    if (kept_for_kernel_.contains(raw(n->id))) return;
+    if (kept_for_kernel_.size() >= kMaxKeptForKernel) {
+      log::warn("kept_for_kernel_full", {{"path", path_of(n)}, {"limit", std::to_string(kMaxKeptForKernel)}});
+      return;
+    }
+  }
+  auto ref = ref_at(n, size_t(top));
+  // A placeholder still waiting for its bytes would serve zeros (unlink and
+  // rename fetch them first, best effort): such a file's reads fail instead.
+  if (!ref || !layers_[size_t(top)]->hooks().content_ready(ref->id.ino)) return;
+  auto fd = open_ref(n, size_t(top), layers_[size_t(top)]->writable() ? O_RDWR : O_RDONLY, Op::modify);
+  if (!fd.ok()) return;
+  std::lock_guard lk(open_mu_);
+  const int raw_fd = fd->get();
+  open_files_[raw(n->id)].emplace_back(raw_fd, !layers_[size_t(top)]->writable());
+  kept_for_kernel_.emplace(raw(n->id), std::move(*fd));
+}
+
+void UnionFs::release_kept_for_kernel(NodeId node) {
+  UniqueFd gone;
+  std::lock_guard lk(open_mu_);
+  auto it = kept_for_kernel_.find(raw(node));
+  if (it == kept_for_kernel_.end()) return;
+  gone = std::move(it->second);
+  kept_for_kernel_.erase(it);
+  if (auto o = open_files_.find(raw(node)); o != open_files_.end()) {
+    std::erase_if(o->second, [&](const auto& f) { return f.first == gone.get(); });
+    if (o->second.empty()) open_files_.erase(o);
+  }
 }
 
 // -------------------------------------------------------------------- copy-up
@@ -1611,7 +1665,25 @@ Result<Entry> UnionFs::link_locked(NodeId node, NodeId new_parent, const std::st
 
 // ------------------------------------------------------------------ removing
 
+void UnionFs::fetch_before_removal(NodeId parent, const std::string& name) {
+  if (!unopened_files_.load()) return;
+  std::string path;
+  size_t layer = 0;
+  {
+    Shared lk(tree_mu_);
+    auto p = find(parent);
+    NodePtr n = p && p->is_dir ? cached_child(p, name) : nullptr;
+    auto src = n && !n->is_dir && n->nlookup.load() > 0 ? top_ref(n) : std::nullopt;
+    if (!src || layers_[src->layer]->writable()) return;
+    path = path_of(n);
+    layer = src->layer;
+  }
+  // A network round trip: no lock held. Best effort (see keep_for_kernel).
+  (void)layers_[layer]->hooks().before_open(path);
+}
+
 Status UnionFs::unlink(NodeId parent, const std::string& name) {
+  fetch_before_removal(parent, name);
   Exclusive lk(tree_mu_);
   auto p = find(parent);
   if (!p) return Error::from_errno(ESTALE, "unknown node");
@@ -1624,6 +1696,7 @@ Status UnionFs::unlink(NodeId parent, const std::string& name) {
   auto lower = lower_has(p, name);
   if (!lower.ok()) return lower.error();
   const bool in_upper = ref_at(n, 0).has_value();
+  keep_for_kernel(n);
   if (in_upper) {
     auto ud = upper_dir(p);
     if (!ud.ok()) return ud.error();
@@ -1676,6 +1749,7 @@ Status UnionFs::rmdir(NodeId parent, const std::string& name) {
 Status UnionFs::rename(NodeId parent, const std::string& name, NodeId new_parent, const std::string& new_name,
                        unsigned flags) {
   if (flags & ~unsigned(RENAME_NOREPLACE | RENAME_EXCHANGE)) return Error::from_errno(EINVAL, "rename flags");
+  if (!(flags & RENAME_EXCHANGE)) fetch_before_removal(new_parent, new_name);
   return with_content(parent, name, [&] {
     if (!(flags & RENAME_EXCHANGE)) return rename_locked(parent, name, new_parent, new_name, flags);
     return with_content(new_parent, new_name,
@@ -1743,6 +1817,7 @@ Status UnionFs::rename_locked(NodeId parent, const std::string& name, NodeId new
         for (auto& e : *entries) ::unlinkat(dfd->get(), e.name.c_str(), 0);
   }
   unsigned sys_flags = flags & RENAME_EXCHANGE;
+  if (dst && !(flags & RENAME_EXCHANGE)) keep_for_kernel(dst);
   if (::renameat2(sud->get(), name.c_str(), dud->get(), new_name.c_str(), sys_flags) != 0)
     return sys_error("rename " + path_of(src));
   if (dst_lower_dir) {

@@ -190,6 +190,19 @@ class UnionFs {
   void track_open(NodeId node, int fd, const OpenDetails& d);
   void track_close(NodeId node, int fd);
 
+  // Files the kernel opens without asking (--file-open kernel): READ, WRITE,
+  // fstat and fsync then come without an fd of ours. open_unopened opens,
+  // for one such call, the object the node stands for: written to, it is
+  // copied up first (no O_TRUNC: the kernel truncates with SETATTR). With
+  // no OPEN to send back to the kernel's re-walk, a node then reaches its
+  // own object for as long as it exists (a replaced one while its owner
+  // keeps it): reads, fstat (a plain GETATTR) and the rest. And since no open fd keeps an object whose last name
+  // is removed through the mount, the union keeps one itself for as long
+  // as the kernel holds the node (until FORGET; at most kMaxKeptForKernel).
+  void set_unopened_files(bool on) { unopened_files_ = on; }
+  Result<UniqueFd> open_unopened(NodeId node, int flags);
+  static constexpr size_t kMaxKeptForKernel = 4096;
+
   // Opening a directory: runs its layers' hooks and checks it (upstream
   // re-opens the directory's handle here, so ESTALE shows up at opendir).
   // Opens a directory: an O_PATH fd of its top layer's directory, which the
@@ -402,6 +415,11 @@ class UnionFs {
   std::map<std::pair<uint64_t, RetryCaller>, Retry> grace_nodes_;                 // guarded by retry_mu_
   std::atomic<size_t> retry_entries_{0};  // estale_names_ + grace_nodes_: 0 skips the lock
   std::unordered_map<uint64_t, std::vector<std::pair<int, bool>>> open_files_;  // guarded by open_mu_
+  std::unordered_map<uint64_t, UniqueFd> kept_for_kernel_;                      // guarded by open_mu_
+  std::atomic<bool> unopened_files_{false};
+  void keep_for_kernel(const NodePtr& n);  // before the last name of n goes
+  void fetch_before_removal(NodeId parent, const std::string& name);  // its bytes, for keep_for_kernel
+  void release_kept_for_kernel(NodeId node);
   // prepare_copy_up -> copy_up, by node id.
   std::mutex prepared_mu_;
   std::unordered_map<uint64_t, PreparedCopy> prepared_;  // guarded by prepared_mu_
