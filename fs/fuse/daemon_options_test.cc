@@ -133,20 +133,25 @@ TEST(DaemonOptions, LowerStoreKnobsInBothSpellings) {
   for (const char* s : {"--refresh", "--cache-size", "--prefetch"}) EXPECT_NE(usage.find(s), std::string::npos) << s;
 }
 
-TEST(DaemonOptions, DirOpenKernelOnlyWhereListingsAreInvalidated) {
+TEST(DaemonOptions, KernelOpensOnlyWhereCachesAreInvalidated) {
   auto d = parse({"u", "/m", "-o", "upper=/u,cache=/c"});
   ASSERT_EQ(d.kind, ParsedArgs::Kind::run) << d.error;
   EXPECT_EQ(d.options.dir_open, "daemon");
+  EXPECT_EQ(d.options.file_open, "daemon");
   for (const char* s : {"auto", "B"}) {
-    auto k = parse({"u", "/m", "-o", std::string("upper=/u,cache=/c,dir_open=kernel,strategy=") + s});
+    auto k = parse({"u", "/m", "-o", std::string("upper=/u,cache=/c,dir_open=kernel,file_open=kernel,strategy=") + s});
     ASSERT_EQ(k.kind, ParsedArgs::Kind::run) << s << ": " << k.error;
     EXPECT_EQ(k.options.dir_open, "kernel");
+    EXPECT_EQ(k.options.file_open, "kernel");
   }
   expect_refused({
       {"dir_open=yes", "--dir-open: expected daemon or kernel, got 'yes'"},
       {"dir_open=kernel,strategy=none", "--dir-open kernel needs --strategy B or auto (got none)"},
       {"dir_open=kernel,strategy=C", "--dir-open kernel needs --strategy B or auto (got C)"},
-      {"dir_open=kernel,refresh=per-dir", "--dir-open kernel needs --refresh merkle"}});
+      {"dir_open=kernel,refresh=per-dir", "--dir-open kernel needs --refresh merkle"},
+      {"file_open=no", "--file-open: expected daemon or kernel, got 'no'"},
+      {"file_open=kernel,strategy=A", "--file-open kernel needs --strategy B or auto (got A)"},
+      {"file_open=kernel,refresh=per-dir", "--file-open kernel needs --refresh merkle"}});
 }
 
 TEST(DaemonOptions, CommasInValuesAreEscapedForLibfuse) {
