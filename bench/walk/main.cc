@@ -78,6 +78,9 @@ requests per walk and daemon RSS per entry. Needs root (mounts).
                         run passthrough_ll only up to N entries (default 18000:
                         it holds an fd per inode)
   --daemon-threads N    antares-fs --threads (default: the daemon's own)
+  --daemon-arg ARG      one more antares-fs argument for every antares
+                        configuration (repeat it: --daemon-arg=--long-timeout
+                        --daemon-arg=3600)
   --seed S              mock-mega seed (default 42)
   --workdir DIR         where to put trees and mounts (default $TMPDIR or /tmp)
   --fs KIND             scratch: (default) measure on a fresh ext4 filesystem, a
@@ -108,6 +111,7 @@ const std::vector<std::string> kStrategies = {"none", "A", "B", "C", "auto"};
 struct Options {
   std::vector<uint64_t> sizes{10000, 100000};
   unsigned reps = 3, threads = 2, changes = 10, daemon_threads = 0;
+  std::vector<std::string> daemon_args;  // --daemon-arg
   milliseconds ttl{5000};
   std::vector<Config> configs;
   std::vector<std::string> conditions = kConditions;
@@ -214,7 +218,7 @@ Options parse(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) o.command += (i ? " " : "") + std::string(argv[i]);
   std::string configs = "all";
   bool with_1m = false;
-  enum { kFiles = 256, k1m, kReps, kThreads, kTtl, kChanges, kConfigs, kConds, kPtMax, kDaemonThreads, kSeed,
+  enum { kFiles = 256, k1m, kReps, kThreads, kTtl, kChanges, kConfigs, kConds, kPtMax, kDaemonThreads, kDaemonArg, kSeed,
          kWorkdir, kKeep, kJson, kGlobs, kFs, kHelp };
   static const option longopts[] = {
       {"files", required_argument, nullptr, kFiles},         {"with-1m", no_argument, nullptr, k1m},
@@ -223,6 +227,7 @@ Options parse(int argc, char** argv) {
       {"configs", required_argument, nullptr, kConfigs},     {"conditions", required_argument, nullptr, kConds},
       {"passthrough-max-entries", required_argument, nullptr, kPtMax},
       {"daemon-threads", required_argument, nullptr, kDaemonThreads},
+      {"daemon-arg", required_argument, nullptr, kDaemonArg},
       {"seed", required_argument, nullptr, kSeed},           {"workdir", required_argument, nullptr, kWorkdir},
       {"keep", no_argument, nullptr, kKeep},                 {"json", required_argument, nullptr, kJson},
       {"globs", no_argument, nullptr, kGlobs},               {"help", no_argument, nullptr, kHelp},
@@ -257,6 +262,7 @@ Options parse(int argc, char** argv) {
         break;
       case kPtMax: o.passthrough_max_entries = parse_count("--passthrough-max-entries", optarg, 0, 100000000); break;
       case kDaemonThreads: o.daemon_threads = unsigned(parse_count("--daemon-threads", optarg, 1, 256)); break;
+      case kDaemonArg: o.daemon_args.push_back(optarg); break;
       case kSeed: o.seed = parse_count("--seed", optarg, 0, UINT64_MAX); break;
       case kWorkdir: o.workdir = optarg; break;
       case kKeep: o.keep = true; break;
@@ -582,6 +588,7 @@ repro::FsOptions Bench::fs_options(const Config& c) const {
   f.log_level = "warn";  // the walk, not the daemon's log, is measured
   f.threads = o_.daemon_threads;
   f.extra_args = c.fs_args;
+  f.extra_args.insert(f.extra_args.end(), o_.daemon_args.begin(), o_.daemon_args.end());
   // A mirror not shut down cleanly is wiped at startup: at 100k files (and on
   // ext4 mounted with `discard`) that alone can take tens of seconds.
   f.ready_timeout = std::chrono::minutes(10);

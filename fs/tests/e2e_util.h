@@ -147,6 +147,18 @@ inline std::string rel(const std::string& repo_path) { return repo_path.substr(1
 
 // ---------------------------------------------------------------- the daemon
 
+// The mount of one parameter of the per-strategy suites: a strategy name, or
+// "auto_kernel_opens" (auto, files and directories opened by the kernel).
+inline MountOptions strategy_mount(const std::string& param) {
+  MountOptions o;
+  o.strategy = param;
+  if (param == "auto_kernel_opens") {
+    o.strategy = "auto";
+    o.extra = {"--dir-open", "kernel", "--file-open", "kernel"};
+  }
+  return o;
+}
+
 inline json status(Mount& m) {
   std::string out, err;
   int rc = m.ctl({"status"}, &out, &err);

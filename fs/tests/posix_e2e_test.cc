@@ -30,12 +30,7 @@ class PosixE2E : public ::testing::TestWithParam<std::string> {
   // rather than the kernel's cache of them pass zero timeouts.
   void mount(std::vector<std::string> extra = {}) {
     ::chmod(dir_.path().c_str(), 0755);  // unprivileged callers must reach the mount
-    MountOptions o;
-    o.strategy = GetParam();
-    if (o.strategy == "auto_kernel_opens") {  // files and directories opened without the daemon
-      o.strategy = "auto";
-      o.extra = {"--dir-open", "kernel", "--file-open", "kernel"};
-    }
+    MountOptions o = strategy_mount(GetParam());
     o.extra.insert(o.extra.end(), extra.begin(), extra.end());
     m_ = std::make_unique<Mount>(dir_, mega_.url(), o);
     ASSERT_TRUE(m_->ok()) << m_->log();

@@ -51,12 +51,7 @@ TEST_P(TornReads, EveryReadIsOneVersionTheFileHad) {
   const auto files = pick_files(mega_, 6);
   std::map<std::string, std::set<std::string>> versions;  // path -> oids (hex)
   for (auto& f : files) versions[f].insert(oid_of(mega_, f));
-  MountOptions o;
-  o.strategy = GetParam();
-  if (o.strategy == "auto_kernel_opens") {  // files and directories opened without the daemon
-    o.strategy = "auto";
-    o.extra = {"--dir-open", "kernel", "--file-open", "kernel"};
-  }
+  MountOptions o = strategy_mount(GetParam());
   o.ttl = "20ms";
   Mount m(dir_, mega_.url(), o);
   ASSERT_TRUE(m.ok()) << m.log();
