@@ -212,8 +212,8 @@ std::optional<StartupError> Daemon::prepare() {
   lower_->set_listener(listener_for(lower_layer_));
   if (cl_) cl_->set_listener(listener_for(cl_layer_));
   adapter_ = std::make_unique<FuseAdapter>(*fs_, timeouts_);
-  adapter_->set_kernel_opendir(opts_.dir_open == "kernel");
-  adapter_->set_kernel_open(opts_.file_open == "kernel");
+  adapter_->kernel_dirs().wanted = opts_.dir_open == "kernel";
+  adapter_->kernel_files().wanted = opts_.file_open == "kernel";
   register_metrics();
   return std::nullopt;
 }
@@ -250,9 +250,9 @@ void Daemon::apply_strategy(const HandleStrategy* s) {
 Result<std::string> Daemon::set_strategy(const std::string& name) {
   const HandleStrategy* s = strategies_.find(name);
   if (!s) return Error::from_errno(EINVAL, "unknown strategy '" + name + "' (none, A, B, C, auto)");
-  if (adapter_ && (adapter_->kernel_may_open_dirs() || adapter_->kernel_may_open_files()) && !s->invalidates())
+  if (adapter_ && (adapter_->kernel_dirs().may() || adapter_->kernel_files().may()) && !s->invalidates())
     return Error::from_errno(EINVAL, std::string("this mount runs with ") +
-                                         (adapter_->kernel_may_open_dirs() ? "--dir-open" : "--file-open") +
+                                         (adapter_->kernel_dirs().may() ? "--dir-open" : "--file-open") +
                                          " kernel: the kernel keeps what only invalidations refresh, so only B and "
                                          "auto (remount for " + std::string(s->name()) + ")");
   apply_strategy(s);

@@ -94,24 +94,17 @@ void FuseAdapter::init(fuse_conn_info* conn) {
   // The caller's umask arrives with each create and is applied by the union
   // (and only it): the daemon's own umask must not mask modes a second time.
   if (conn->capable & FUSE_CAP_DONT_MASK) conn->want |= FUSE_CAP_DONT_MASK;
-  if (kernel_opendir_wanted_) {
-    if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) {
-      kernel_opendir_ = true;
-    } else {
-      kernel_opendir_declined_ = true;
-      log::warn("dir_open_kernel_unsupported", {{"fallback", "daemon"}});
-    }
-  }
-  if (kernel_open_wanted_) {
-    if (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) {
-      // An O_TRUNC the kernel keeps to itself would never reach the file.
-      conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
-      fs_.set_unopened_files(true);
-      kernel_open_ = true;
-    } else {
-      kernel_open_declined_ = true;
-      log::warn("file_open_kernel_unsupported", {{"fallback", "daemon"}});
-    }
+  auto decide = [&](KernelOpen& k, uint64_t cap, const char* unsupported) {
+    if (!k.wanted) return false;
+    (conn->capable & cap ? k.granted : k.declined) = true;
+    if (k.declined) log::warn(unsupported, {{"fallback", "daemon"}});
+    return k.on();
+  };
+  decide(kernel_dirs_, FUSE_CAP_NO_OPENDIR_SUPPORT, "dir_open_kernel_unsupported");
+  if (decide(kernel_files_, FUSE_CAP_NO_OPEN_SUPPORT, "file_open_kernel_unsupported")) {
+    // An O_TRUNC the kernel keeps to itself would never reach the file.
+    conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
+    fs_.set_unopened_files(true);
   }
 }
 
@@ -193,7 +186,7 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t n
 }
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  if (self(req).kernel_open()) {
+  if (self(req).kernel_files().on()) {
     // As for directories: the kernel opens files itself from now on.
     self(req).count(FuseOp::open, ENOSYS);
     fuse_reply_err(req, ENOSYS);
@@ -295,7 +288,7 @@ void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) 
 }
 
 void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  if (self(req).kernel_opendir()) {
+  if (self(req).kernel_dirs().on()) {
     // "Open it yourself, from now on": the kernel sends no more OPENDIR or
     // RELEASEDIR on this connection; READDIR then comes without a handle.
     self(req).count(FuseOp::opendir, ENOSYS);

@@ -80,26 +80,22 @@ class FuseAdapter {
   void before_request() const {
     if (before_request_) before_request_();
   }
-  // Zero-message opendir (--dir-open kernel): OPENDIR is answered ENOSYS,
-  // after which the kernel opens directories without asking and caches every
-  // listing (only for strategies that invalidate). Set before the session
-  // starts; takes effect if the kernel offers it (FUSE_CAP_NO_OPENDIR_SUPPORT).
-  void set_kernel_opendir(bool on) { kernel_opendir_wanted_ = on; }
-  bool kernel_opendir() const { return kernel_opendir_.load(std::memory_order_relaxed); }
-  // Whether the kernel opens (or may yet open, before INIT) directories by
-  // itself on this connection: asked for and not declined.
-  bool kernel_may_open_dirs() const {
-    return kernel_opendir_wanted_ && !kernel_opendir_declined_.load(std::memory_order_relaxed);
-  }
-  // Zero-message open of files (--file-open kernel), the same for OPEN
-  // (FUSE_CAP_NO_OPEN_SUPPORT): READ, WRITE, fstat and fsync then come
-  // without a handle and are served through UnionFs::open_unopened; no
-  // atomic O_TRUNC (the kernel truncates with SETATTR, which reaches us).
-  void set_kernel_open(bool on) { kernel_open_wanted_ = on; }
-  bool kernel_open() const { return kernel_open_.load(std::memory_order_relaxed); }
-  bool kernel_may_open_files() const {
-    return kernel_open_wanted_ && !kernel_open_declined_.load(std::memory_order_relaxed);
-  }
+  // The zero-message opens (FUSE_CAP_NO_OPENDIR_SUPPORT, FUSE_CAP_NO_OPEN_SUPPORT):
+  // --dir-open kernel answers OPENDIR with ENOSYS, after which the kernel
+  // opens directories without asking and caches every listing; --file-open
+  // kernel does the same for OPEN, after which READ, WRITE, fstat and fsync
+  // come without a handle (UnionFs::open_unopened) and O_TRUNC arrives as a
+  // SETATTR (no atomic O_TRUNC). Only for strategies that invalidate. Asked
+  // for before the session starts; granted at INIT if the kernel offers it.
+  struct KernelOpen {
+    bool wanted = false;
+    std::atomic<bool> granted{false}, declined{false};
+    // The kernel opens (or may yet open, before INIT) by itself.
+    bool may() const { return wanted && !declined.load(std::memory_order_relaxed); }
+    bool on() const { return granted.load(std::memory_order_relaxed); }
+  };
+  KernelOpen& kernel_dirs() { return kernel_dirs_; }
+  KernelOpen& kernel_files() { return kernel_files_; }
   DirSnapshots& dir_snapshots() { return dir_snapshots_; }
   void init(fuse_conn_info* conn);
 
@@ -108,12 +104,7 @@ class FuseAdapter {
   KernelTimeouts& timeouts_;
   ReplyStats stats_;
   std::function<void()> before_request_;
-  bool kernel_opendir_wanted_ = false;
-  std::atomic<bool> kernel_opendir_{false};
-  std::atomic<bool> kernel_opendir_declined_{false};
-  bool kernel_open_wanted_ = false;
-  std::atomic<bool> kernel_open_{false};
-  std::atomic<bool> kernel_open_declined_{false};
+  KernelOpen kernel_dirs_, kernel_files_;
   DirSnapshots dir_snapshots_;  // READDIR without a handle
 };
 

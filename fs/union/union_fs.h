@@ -196,9 +196,10 @@ class UnionFs {
   // copied up first (no O_TRUNC: the kernel truncates with SETATTR). With
   // no OPEN to send back to the kernel's re-walk, a node then reaches its
   // own object for as long as it exists (a replaced one while its owner
-  // keeps it): reads, fstat (a plain GETATTR) and the rest. And since no open fd keeps an object whose last name
-  // is removed through the mount, the union keeps one itself for as long
-  // as the kernel holds the node (until FORGET; at most kMaxKeptForKernel).
+  // keeps it): reads, fstat (a plain GETATTR) and the rest. And since no
+  // open fd keeps an object whose last name is removed through the mount,
+  // the union keeps one itself for as long as the kernel holds the node
+  // (until FORGET; at most kMaxKeptForKernel).
   void set_unopened_files(bool on) { unopened_files_ = on; }
   Result<UniqueFd> open_unopened(NodeId node, int flags);
   static constexpr size_t kMaxKeptForKernel = 4096;
