@@ -339,12 +339,30 @@ TEST_P(PosixE2E, TarSeesNoFileChangeAfterAServerChange) {
 }
 
 // tar and git over a subtree (a git worktree in the mount) while the server
-// modifies its files: no "file changed as we read it", no stale handle.
+// gives files in its directories new versions: no "file changed as we read
+// it" for a directory whose names never changed, no stale handle. The files
+// the server changes are kept out of both tools' reads (tar --exclude-from,
+// git's info/exclude): a file replaced between a tool's stat and its read is
+// reported by tar ("file shrank") and git ("short read while indexing") on any
+// filesystem, ext4 included, so it is not what this test is about. The
+// directories holding those files are still read while their files change.
 TEST_P(PosixE2E, TarAndGitStatusStayQuietWhileTheServerChangesFiles) {
   mount();
   const std::string file = lower_only_files(mega_, 1)[0];
   const std::string sub = split_repo_path(split_repo_path(file).first).first;  // two levels up
   const std::string root = mnt(rel(sub));
+  std::vector<std::string> changing;  // every other source file below sub
+  {
+    size_t i = 0;
+    for (auto& p : paths_of_class(mega_, "source"))
+      if (p.rfind(sub + "/", 0) == 0 && i++ % 2 == 0) changing.push_back(p);
+  }
+  ASSERT_FALSE(changing.empty());
+  std::string excluded;  // paths relative to the worktree root
+  for (auto& p : changing) excluded += p.substr(sub.size() + 1) + "\n";
+  const std::string tar_excludes = dir_ / "tar-excludes";
+  ASSERT_TRUE(write_file(tar_excludes, excluded));
+
   auto run_in = [&](std::vector<std::string> argv, std::string* err) {
     std::vector<std::string> full = {"/usr/bin/env", "-C", root, "HOME=" + dir_.path(), "GIT_CONFIG_NOSYSTEM=1"};
     full.insert(full.end(), argv.begin(), argv.end());
@@ -352,24 +370,24 @@ TEST_P(PosixE2E, TarAndGitStatusStayQuietWhileTheServerChangesFiles) {
   };
   std::string err;
   ASSERT_EQ(run_in({"git", "init", "-q", "."}, &err), 0) << err;
+  std::string git_excludes;
+  for (auto& p : changing) git_excludes += "/" + p.substr(sub.size() + 1) + "\n";
+  ASSERT_TRUE(write_file(root + "/.git/info/exclude", git_excludes));
   ASSERT_EQ(run_in({"git", "add", "-A"}, &err), 0) << err;
   ASSERT_EQ(run_in({"git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"}, &err), 0) << err;
-  std::vector<std::string> files;
-  for (auto& p : paths_of_class(mega_, "source"))
-    if (p.rfind(sub + "/", 0) == 0) files.push_back(p);
-  ASSERT_FALSE(files.empty());
 
   std::atomic<bool> stop{false};
   std::atomic<int> changes{0};
   std::thread mutator([&] {
     for (size_t i = 0; !stop; ++i) {
-      mutate(mega_, json::array({{{"kind", "modify"}, {"path", files[i % files.size()]}}}));
+      mutate(mega_, json::array({{{"kind", "modify"}, {"path", changing[i % changing.size()]}}}));
       changes++;
     }
   });
   std::vector<std::string> complaints;
   for (int i = 0; i < 10; ++i) {
-    if (run_in({"tar", "-cf", dir_ / "t.tar", "."}, &err) != 0 || !err.empty()) complaints.push_back("tar: " + err);
+    if (run_in({"tar", "-cf", dir_ / "t.tar", "--exclude-from", tar_excludes, "."}, &err) != 0 || !err.empty())
+      complaints.push_back("tar: " + err);
     if (run_in({"git", "status", "--porcelain"}, &err) != 0 || !err.empty()) complaints.push_back("git: " + err);
   }
   stop = true;
