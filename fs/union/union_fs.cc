@@ -462,16 +462,29 @@ Status UnionFs::load_children(const NodePtr& dir) {
       if (auto a = old_aliases->find(name); a != old_aliases->end()) return a->second;
     return nullptr;
   };
+  // A child's refs are gathered here and published at the end, all at once:
+  // the child may be in use beside this load (its own reload, a stat of it),
+  // which must see its layers before or after, never a part of them.
+  using Refs = std::array<std::optional<LayerRef>, UnionStats::kMaxLayers>;
   struct Seen {
     NodePtr node;  // null: whited out or shadowed by a non-directory
     bool merging = false;  // a directory still taking lower layers' directories
+    Refs refs;
   };
   std::map<std::string, Seen> seen;
+  // The directory's own layers, read once: its parent's load may be
+  // publishing new ones meanwhile.
+  Refs dir_refs;
+  {
+    std::lock_guard rl(ref_mu(*dir));
+    for (size_t i = 0; i < layers_.size(); ++i)
+      if (LayerRef* r = dir->at(i)) dir_refs[i] = *r;
+  }
   d.stamps = {};
   bool any_layer = false;
   Error first_error = Error::from_errno(ENOENT, "directory " + dir_path + " is in no layer");
   for (size_t i = 0; i < layers_.size(); ++i) {
-    auto ref = ref_at(dir, i);
+    auto& ref = dir_refs[i];
     if (!ref) continue;
     // The stat probe: ESTALE here means "not in this layer", as upstream.
     auto fd = strategy.open(*layers_[i], *ref, [&] { return dir_path; }, O_RDONLY | O_DIRECTORY);
@@ -505,15 +518,14 @@ Status UnionFs::load_children(const NodePtr& dir) {
         // Already seen as a directory above: merge this layer's directory, or
         // stop merging at a non-directory (a whiteout or a file).
         if (S_ISDIR(stx->stx_mode)) {
-          if (!ref_at(it->second.node, i))
-            if (auto r = layers_[i]->resolve_at(fd->get(), e.name); r.ok()) set_ref(it->second.node, i, std::move(*r));
+          if (auto r = layers_[i]->resolve_at(fd->get(), e.name); r.ok()) it->second.refs[i] = std::move(*r);
         } else {
           it->second.merging = false;
         }
         continue;
       }
       if (is_whiteout(*stx)) {
-        seen[e.name] = {nullptr, false};
+        seen[e.name] = {nullptr, false, {}};
         continue;
       }
       const bool is_dir = S_ISDIR(stx->stx_mode);
@@ -552,14 +564,9 @@ Status UnionFs::load_children(const NodePtr& dir) {
         if (!r.ok()) continue;
         ref_now = std::move(*r);
       }
-      if (node) {
-        std::lock_guard rl(ref_mu(*node));
-        node->clear();  // lower layers re-join below as they are read
-        node->set(i, std::move(ref_now));
-      } else {
+      if (!node) {
         // A name's new node takes its predecessor's inode number.
         node = new_node(dir, e.name, is_dir, prev ? prev->ino : d.unbury(e.name));
-        node->set(i, std::move(ref_now));
         if (reload) stats_.renewed_nodes++;
       }
       node->type = stx->stx_mode & S_IFMT;
@@ -567,7 +574,9 @@ Status UnionFs::load_children(const NodePtr& dir) {
         std::lock_guard ll(links_mu_);
         upper_links_[id] = node;
       }
-      seen[e.name] = {node, is_dir};
+      Seen& s = seen[e.name];
+      s = {node, is_dir, {}};
+      s.refs[i] = std::move(ref_now);
     }
     if (opaque) break;
   }
@@ -579,6 +588,14 @@ Status UnionFs::load_children(const NodePtr& dir) {
   uint32_t subdirs = 0;
   for (auto& [name, v] : seen) {  // std::map: in name order
     if (!v.node) continue;
+    {
+      // A reused node's layers are the ones read now: a merged directory
+      // may have lost one.
+      std::lock_guard rl(ref_mu(*v.node));
+      v.node->clear();
+      for (size_t i = 0; i < layers_.size(); ++i)
+        if (v.refs[i]) v.node->set(i, std::move(v.refs[i]));
+    }
     subdirs += v.node->is_dir;
     if (v.node->name == name && v.node->parent.lock() == dir) {
       d.children.push_back(v.node);
@@ -591,13 +608,6 @@ Status UnionFs::load_children(const NodePtr& dir) {
   d.subdirs = subdirs;
   for (auto& o : old)
     if (!d.get(o->name)) d.bury(o->name, o->ino);
-  // Merged directories may have lost a layer: drop refs of layers no longer seen.
-  for (auto& c : d.children) {
-    if (!c->is_dir) continue;
-    for (size_t i = 0; i < layers_.size(); ++i)
-      if (!ref_at(dir, i) && ref_at(c, i)) set_ref(c, i, std::nullopt);
-  }
-
   d.loaded = true;
   d.loaded_gen = gen;
   (reload ? stats_.dir_reloads : stats_.dir_loads)++;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <condition_variable>
 #include <filesystem>
 #include <future>
@@ -704,6 +705,52 @@ TEST_F(UnionTest, UnderBAnEstaleWaitsOnlyForChangesThatHappen) {
   lister.join();
   EXPECT_EQ(st.get(), ESTALE);
   EXPECT_EQ(fs_->stats().change_races.load(), 0u);
+}
+
+// A directory's reload runs beside its parent's (shared lock, one directory
+// lock each). The parent's reload re-reads the child directory's layers;
+// while it does, the child directory must keep every layer it is in: a reload
+// of the child that read its layers half-way through would list only the
+// upper part (lower-only names ENOENT) and leave its merged subdirectories
+// without their lower layer. Under A every reload here is triggered by an
+// upper directory's mtime, nothing else changes: every lookup must succeed.
+TEST_F(UnionTest, ReloadsOfADirectoryAndItsParentSideBySideKeepEveryLayer) {
+  for (int i = 0; i < 200; ++i) std::filesystem::create_directories(tmp_ / ("upper/r" + std::to_string(i)));
+  for (int i = 0; i < 200; ++i) write_file(tmp_ / ("lower/s" + std::to_string(i) + "/f"), "f");
+  for (int k = 0; k < 8; ++k) {
+    write_file(tmp_ / ("lower/apps/d" + std::to_string(k) + "/f"), "lower f");
+    std::filesystem::create_directories(tmp_ / ("upper/apps/d" + std::to_string(k)));
+  }
+  write_file(tmp_ / "lower/apps/lower_only/f", "lower f");
+  mount("A");
+  NodeId apps = lookup(kRootNode, "apps");
+  auto touch = [&](const std::string& dir, long ns) {
+    const struct timespec ts[2] = {{0, UTIME_OMIT}, {1000000, ns}};
+    ::utimensat(AT_FDCWD, (tmp_ / dir).c_str(), ts, 0);
+  };
+  std::atomic<bool> stop{false};
+  std::thread parent_reloads([&] {
+    for (long i = 0; !stop; ++i) {
+      touch("upper", i % 1000000);
+      (void)fs_->lookup(kRootNode, "apps");
+    }
+  });
+  std::vector<std::string> failures;
+  for (long i = 0; i < 3000 && failures.size() < 5; ++i) {
+    touch("upper/apps", i);
+    const std::string d = "d" + std::to_string(i % 8);
+    for (const std::string& name : {d, std::string("lower_only")}) {
+      auto e = fs_->lookup(apps, name);
+      if (!e.ok()) {
+        failures.push_back("apps/" + name + ": " + e.error().describe());
+        continue;
+      }
+      if (auto f = fs_->lookup(e->node, "f"); !f.ok()) failures.push_back("apps/" + name + "/f: " + f.error().describe());
+    }
+  }
+  stop = true;
+  parent_reloads.join();
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failed lookups, first: " << failures.front();
 }
 
 TEST_F(UnionTest, UnlinkFailsRatherThanSkipAWhiteoutItCannotCheck) {
