@@ -7,8 +7,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 namespace antares::fs {
@@ -90,6 +94,17 @@ Result<UniqueFd> FileHandle::open(int mount_fd, int flags) const {
   fh->handle_bytes = size_;
   std::memcpy(fh->f_handle, data(), size_);
   int fd = ::open_by_handle_at(mount_fd, fh, flags | O_CLOEXEC);
+  // A removed object's inode number may be taken by a file being created
+  // beside it; until that new inode is set up, the kernel answers the old
+  // handle ENOMEM instead of ESTALE (iget_locked returns NULL for an inode
+  // still being created). That lasts microseconds: ask again, briefly, so the
+  // caller sees ESTALE (or a real shortage of memory after ~100 ms).
+  auto delay = std::chrono::microseconds(50);
+  for (auto waited = std::chrono::microseconds(0); fd < 0 && errno == ENOMEM && waited < std::chrono::milliseconds(100);
+       waited += delay, delay = std::min(delay * 2, std::chrono::microseconds(5000))) {
+    std::this_thread::sleep_for(delay);
+    fd = ::open_by_handle_at(mount_fd, fh, flags | O_CLOEXEC);
+  }
   if (fd < 0) return sys_error("open_by_handle_at", "");
   return UniqueFd(fd);
 }

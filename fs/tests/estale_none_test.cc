@@ -38,7 +38,7 @@ class EstaleNone : public ::testing::Test {
       EXPECT_EQ(open_errno(path), ESTALE) << "attempt " << i;
       int err = 0;
       EXPECT_FALSE(testing::read_whole(path, &err));
-      EXPECT_EQ(err, ESTALE) << "attempt " << i;
+      EXPECT_EQ(err, ESTALE) << "attempt " << i << "\n" << m_->log();
       if (i == 2) {
         refresh(*m_);
         touch_dir(parent);

@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <set>
 #include <thread>
 #include <fstream>
@@ -835,6 +836,46 @@ TEST(HandleCacheTest, HitsMissesAndBound) {
   auto opened = h->open(fd, O_RDONLY | O_DIRECTORY);
   EXPECT_TRUE(opened.ok());
   ::close(fd);
+}
+
+// A removed file's handle while other files are created beside it: the
+// kernel may hand the freed inode number to a new file, and while that inode
+// is being set up (I_CREATING) open_by_handle_at fails with ENOMEM, not
+// ESTALE (ext4 on Linux 6.x: iget_locked returns NULL for it). A strategy
+// that recovers on ESTALE must see ESTALE.
+TEST(FileHandleTest, ARemovedFilesHandleIsStaleWhileItsInodeNumberIsReused) {
+  testing::TempDir d;
+  int mount_fd = ::open(d.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(mount_fd, 0);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> creators;
+  for (int t = 0; t < 2; ++t)
+    creators.emplace_back([&, t] {
+      for (long i = 0; !stop; ++i) {
+        const std::string p = d / ("c" + std::to_string(t) + "_" + std::to_string(i % 64));
+        int fd = ::open(p.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+        if (fd >= 0) ::close(fd);
+        ::unlink(p.c_str());
+      }
+    });
+  std::map<int, int> errors;  // errno -> count
+  const std::string victim = d / "victim";
+  for (int round = 0; round < 2000; ++round) {
+    int fd = ::open(victim.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    auto h = FileHandle::of(fd, "");
+    ::close(fd);
+    ASSERT_TRUE(h.ok());
+    ::unlink(victim.c_str());
+    for (int k = 0; k < 20; ++k) {
+      auto opened = h->open(mount_fd, O_RDONLY);
+      errors[opened.ok() ? 0 : opened.err()]++;
+    }
+  }
+  stop = true;
+  for (auto& t : creators) t.join();
+  ::close(mount_fd);
+  EXPECT_EQ(errors[ESTALE], 2000 * 20) << "ENOMEM " << errors[ENOMEM] << ", opened " << errors[0];
 }
 
 TEST(StrategySetTest, NamesAreCaseInsensitiveAndUnknownIsNull) {
