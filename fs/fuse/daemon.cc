@@ -170,7 +170,8 @@ std::optional<StartupError> Daemon::prepare() {
   if (auto st = lower_->ensure_dir(""); !st.ok())
     return startup_error(kExitUnreachable, "cannot list / from Mega at " + opts_.mega + ": " + st.error().describe());
   if (!opts_.cl.empty()) {
-    cl_ = std::make_unique<ClBuilder>(*mega_, opts_.cl, opts_.cl_dir);
+    // As for the lower store: replaced CL files stay reachable by handle.
+    cl_ = std::make_unique<ClBuilder>(*mega_, opts_.cl, opts_.cl_dir, opts_.file_open == "kernel" ? lo.keep_max : 0);
     if (auto st = cl_->build(); !st.ok())
       return startup_error(st.err() == ENOENT ? kExitFailure : kExitUnreachable,
                            "cannot build CL " + opts_.cl + ": " + st.error().describe());

@@ -6,6 +6,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <optional>
 #include <set>
 
@@ -37,8 +38,39 @@ std::pair<std::string, std::string> split_parent(const std::string& rel) {
 
 }  // namespace
 
-ClBuilder::ClBuilder(remote::MegaClient& mega, std::string cl_id, std::string cl_dir)
-    : mega_(mega), cl_id_(std::move(cl_id)), cl_dir_(std::move(cl_dir)) {}
+ClBuilder::ClBuilder(remote::MegaClient& mega, std::string cl_id, std::string cl_dir, size_t keep_max)
+    : mega_(mega), cl_id_(std::move(cl_id)), cl_dir_(std::move(cl_dir)), keep_max_(keep_max) {}
+
+namespace {
+// The attic of replaced and removed files: a temp name, so the layer hides it
+// and build() wipes it with the rest.
+const std::string kAttic = std::string(mirror::kTempPrefix) + "attic";
+}  // namespace
+
+void ClBuilder::keep(int root_fd, int dirfd, const std::string& name) {
+  if (keep_max_ == 0) return;
+  struct stat st;
+  if (::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) return;
+  if (::faccessat(root_fd, kAttic.c_str(), F_OK, AT_SYMLINK_NOFOLLOW) != 0) {
+    mirror::KeepDirMtime same_names(root_fd, &kept_mtimes_);  // a hidden name is no change of the root's names
+    if (::mkdirat(root_fd, kAttic.c_str(), 0700) != 0 && errno != EEXIST) return;
+  }
+  mirror::Fd attic(::openat(root_fd, kAttic.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!attic.valid()) return;
+  const std::string as = std::to_string(st.st_ino);
+  ::unlinkat(attic.get(), as.c_str(), 0);  // an older object with this inode number is gone already
+  if (::linkat(dirfd, name.c_str(), attic.get(), as.c_str(), 0) != 0) {
+    log::warn("cl_keep_failed", {{"cl", cl_id_}, {"name", mirror::escape(name)}, {"error", std::to_string(errno)}});
+    return;
+  }
+  std::erase(kept_, uint64_t(st.st_ino));
+  kept_.push_back(uint64_t(st.st_ino));
+  while (kept_.size() > keep_max_) {
+    ::unlinkat(attic.get(), std::to_string(kept_.front()).c_str(), 0);
+    kept_.pop_front();
+  }
+  stats_.kept = kept_.size();
+}
 
 void ClBuilder::set_listener(LayerChangeListener listener) {
   std::lock_guard l(listener_mu_);
@@ -133,6 +165,7 @@ Status ClBuilder::write_entry(int root_fd, const std::string& path, const Want& 
     }
     tmp = std::move(t->second);
   }
+  keep(root_fd, dfd, name);
   if (auto s = mirror::rename_into_place(dfd, tmp, name, path); !s) return s;
   ++stats_.files_written;
   return {};
@@ -169,6 +202,8 @@ Status ClBuilder::build_locked(std::vector<LayerChange>& events, LayerChangeList
         if (!mirror::is_temp_name(n)) events.push_back({LayerChange::Kind::removed, n});
   }
   if (auto s = mirror::clear_owned_dir(root.get()); !s) return s;  // the owner marker stays
+  kept_.clear();  // the attic went with the rest
+  stats_.kept = 0;
 
   List written;
   std::set<std::string> top;
@@ -234,6 +269,7 @@ Result<bool> ClBuilder::resync() {
           if (list->count(path)) continue;
           auto [parent, name] = split_parent(path);
           auto dir = mirror::open_dir(root.get(), parent);
+          if (dir) keep(root.get(), dir->get(), name);
           if (dir && ::unlinkat(dir->get(), name.c_str(), 0) != 0 && errno != ENOENT)
             log::warn("cl_remove_failed", {{"cl", cl_id_}, {"path", path}, {"error", std::to_string(errno)}});
           events.push_back({LayerChange::Kind::removed, path});

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -27,12 +28,17 @@ struct ClBuilderStats {
   std::atomic<uint64_t> resyncs{0};        // resync() calls that changed the directory
   std::atomic<uint64_t> files_written{0};  // files and whiteouts created or replaced
   std::atomic<uint64_t> dropped_paths{0};  // hostile or duplicate paths skipped
+  std::atomic<uint64_t> kept{0};           // replaced or removed files in the attic now
 };
 
 class ClBuilder {
  public:
   // cl_dir: an existing directory this builder owns; build() wipes its contents.
-  ClBuilder(remote::MegaClient& mega, std::string cl_id, std::string cl_dir);
+  // keep_max > 0: a file a resync replaces or removes keeps its inode, linked
+  // into an attic inside cl_dir (hidden: a temp name), until keep_max newer
+  // ones push it out, so a handle of it still opens (a file the kernel opened
+  // without asking the daemon keeps reading its version). 0: nothing kept.
+  ClBuilder(remote::MegaClient& mega, std::string cl_id, std::string cl_dir, size_t keep_max = 0);
 
   // Fetches the list and every blob it needs, then wipes cl_dir's contents and
   // writes the layer (dirs 0755, files 0644, whiteouts for deletions). On an
@@ -76,6 +82,9 @@ class ClBuilder {
   // the topmost parent directory this made ("" if none).
   Status write_entry(int root_fd, const std::string& path, const Want& want,
                      const std::map<Oid, std::string>& blobs, bool replace, std::string* created_dir);
+  // Requires mu_. Links regular file `name` of dirfd into the attic (see the
+  // constructor) before it is replaced or removed; best effort.
+  void keep(int root_fd, int dirfd, const std::string& name);
   // Requires mu_. Calls begin_change before the first change to the directory.
   Status build_locked(std::vector<LayerChange>& events, LayerChangeListener& listener, bool& begun);
   LayerChangeListener listener();
@@ -87,6 +96,7 @@ class ClBuilder {
   remote::MegaClient& mega_;
   const std::string cl_id_;
   const std::string cl_dir_;
+  const size_t keep_max_;
   ClBuilderStats stats_;
   mirror::KeptMtimes kept_mtimes_;  // see stat()
 
@@ -95,6 +105,7 @@ class ClBuilder {
   // listener_mu_ guards only listener_ and is never held while calling it.
   std::mutex mu_;
   std::optional<List> last_;  // guarded by mu_; what is on disk, nullopt before a build
+  std::deque<uint64_t> kept_;  // guarded by mu_; inode numbers in the attic, oldest first
   std::mutex listener_mu_;
   LayerChangeListener listener_;  // guarded by listener_mu_
 };

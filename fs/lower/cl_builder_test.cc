@@ -9,9 +9,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
+#include "fs/layers/layer.h"
 #include "fs/lower/lower_test_util.h"
 #include "fs/lower/mirror_fs.h"
 #include "testing/subprocess.h"
@@ -74,6 +76,44 @@ class ClBuilderLive : public ::testing::Test {
   ClBuilder builder{*mega.client, "1", dir.path()};
   std::string deleted, modified, kept;
 };
+
+// With keep_max, replaced and removed files keep their inodes (their old
+// handles still open) in a hidden attic, at most keep_max of them.
+TEST_F(ClBuilderLive, KeptFilesStayOpenableByHandleUpToKeepMax) {
+  ClBuilder keeping{*mega.client, "1", dir.path(), /*keep_max=*/2};
+  ASSERT_TRUE(keeping.build().ok());
+  mirror::Fd mount_fd(::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  auto handle_of = [&](const std::string& abs) {
+    auto h = FileHandle::of(AT_FDCWD, at(abs));
+    EXPECT_TRUE(h.ok()) << abs;
+    return h.ok() ? *h : FileHandle{};
+  };
+  // Three versions of `modified` replaced in turn, then `/cl/a.rs` removed.
+  std::vector<std::pair<FileHandle, std::string>> old;  // handle, its bytes
+  for (int i = 0; i < 3; ++i) {
+    old.emplace_back(handle_of(modified), slurp(at(modified)));
+    ASSERT_TRUE(mega.mutate({{"kind", "cl"}, {"cl", 1}, {"path", modified}, {"action", "modified"}}));
+    auto r = keeping.resync();
+    ASSERT_TRUE(r.ok() && *r);
+  }
+  old.emplace_back(handle_of("/cl/a.rs"), slurp(at("/cl/a.rs")));
+  ASSERT_TRUE(mega.mutate({{"kind", "cl"}, {"cl", 1}, {"path", "/cl/a.rs"}, {"action", "remove"}}));
+  ASSERT_TRUE(keeping.resync().ok());
+  EXPECT_EQ(keeping.stats().kept.load(), 2u);
+  for (size_t i = 0; i < old.size(); ++i) {
+    auto fd = old[i].first.open(mount_fd.get(), O_RDONLY);
+    if (i < 2) {
+      EXPECT_EQ(fd.err(), ESTALE) << "version " << i << " was pushed out";
+    } else {
+      ASSERT_TRUE(fd.ok()) << "version " << i << ": " << fd.error().describe();
+      EXPECT_EQ(slurp("/proc/self/fd/" + std::to_string(fd->get())), old[i].second) << "version " << i;
+    }
+  }
+  expect_matches_server();
+  auto top = names_of(dir.path());
+  EXPECT_EQ(std::count(top.begin(), top.end(), ".antares-tmp-attic"), 1) << "the attic, hidden from the layer";
+  EXPECT_TRUE(mirror::is_temp_name(".antares-tmp-attic"));
+}
 
 TEST_F(ClBuilderLive, BuildWritesFilesAndWhiteoutsOverAWipedDirectory) {
   ASSERT_EQ(::mkdir(at("/junkdir").c_str(), 0755), 0);

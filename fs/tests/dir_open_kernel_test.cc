@@ -281,6 +281,35 @@ TEST(FileOpenKernel, AFileReplacedOnTheServerKeepsReadingTheVersionItOpened) {
   ::close(fd);
 }
 
+// The CL layer's re-sync replaces a changed file's inode as the lower
+// refresh does; the replaced inode stays reachable for the open file.
+TEST(FileOpenKernel, AClFileUpdatedWhileOpenKeepsReadingTheVersionItOpened) {
+  TempDir dir;
+  MegaProcess mega(dir);
+  const std::string f = cl1_file(mega);
+  MountOptions o = kernel_opens();
+  o.cl = "1";
+  Mount m(dir, mega.url(), o);
+  ASSERT_TRUE(m.ok()) << m.log();
+  int fd = ::open(m.path(rel(f)).c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  const std::string old_bytes = pread_all(fd);
+  ASSERT_EQ(old_bytes.rfind("pread:", 0), std::string::npos) << old_bytes;
+  mutate(mega, json::array({{{"kind", "cl"}, {"cl", 1}, {"path", f}, {"action", "modified"}}}));
+  refresh(m);  // re-syncs the CL: the file's new version is renamed over the old
+  EXPECT_TRUE(testing::wait_until([&] { return read_file(m.path(rel(f))) != old_bytes; }, 20s))
+      << "the CL's new version never appeared";
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  EXPECT_EQ(pread_all(fd), old_bytes) << "an open file must keep its version\n" << m.log();
+  struct stat st {};
+  EXPECT_EQ(::fstat(fd, &st), 0) << strerror(errno);
+  EXPECT_EQ(size_t(st.st_size), old_bytes.size());
+  ::close(fd);
+  auto root = list_dir(m.mnt());
+  ASSERT_TRUE(root);
+  EXPECT_EQ(std::count(root->begin(), root->end(), ".antares-tmp-attic"), 0) << "the attic is not part of the layer";
+}
+
 TEST(DirOpenKernel, OnlyStrategiesThatInvalidate) {
   TempDir dir;
   MegaProcess mega(dir);
